@@ -1,0 +1,75 @@
+// mmca/core/dtype.hpp - storage element types and their conversion to the float32 compute type.
+//
+// Activations are computed in float32. Keys and values (and later weights) may be
+// stored as float16 or bfloat16 and are widened block by block where they are used.
+#pragma once
+
+#include <Eigen/Core>
+
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+namespace mmca {
+
+using float16 = Eigen::half;
+using bfloat16 = Eigen::bfloat16;
+
+/// Runtime tag of a storage type (used by bindings and error messages).
+enum class dtype : std::uint8_t { float32, float16, bfloat16 };
+
+inline const char* dtype_name(dtype t) {
+    switch (t) {
+        case dtype::float32: return "float32";
+        case dtype::float16: return "float16";
+        case dtype::bfloat16: return "bfloat16";
+    }
+    return "unknown";
+}
+
+template <class T>
+struct dtype_of;
+template <>
+struct dtype_of<float> {
+    static constexpr dtype value = dtype::float32;
+};
+template <>
+struct dtype_of<float16> {
+    static constexpr dtype value = dtype::float16;
+};
+template <>
+struct dtype_of<bfloat16> {
+    static constexpr dtype value = dtype::bfloat16;
+};
+
+/// True for the element types mmca accepts as storage of keys, values and weights.
+template <class T>
+inline constexpr bool is_storage_type_v =
+    std::is_same_v<std::remove_const_t<T>, float> || std::is_same_v<std::remove_const_t<T>, float16> ||
+    std::is_same_v<std::remove_const_t<T>, bfloat16>;
+
+/// Widens n elements of a storage type to float32 (a plain copy for float).
+template <class T>
+inline void to_float(const T* src, float* dst, std::int64_t n) {
+    static_assert(is_storage_type_v<T>, "mmca: storage type must be float, float16 or bfloat16");
+    if constexpr (std::is_same_v<T, float>) {
+        for (std::int64_t i = 0; i < n; ++i) dst[i] = src[i];
+    } else {
+        using Src = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
+        Eigen::Map<Eigen::ArrayXf>(dst, n) = Src(src, n).template cast<float>();
+    }
+}
+
+/// Narrows n float32 values to a storage type (round to nearest even).
+template <class T>
+inline void from_float(const float* src, T* dst, std::int64_t n) {
+    static_assert(is_storage_type_v<T>, "mmca: storage type must be float, float16 or bfloat16");
+    if constexpr (std::is_same_v<T, float>) {
+        for (std::int64_t i = 0; i < n; ++i) dst[i] = src[i];
+    } else {
+        Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(dst, n) =
+            Eigen::Map<const Eigen::ArrayXf>(src, n).template cast<T>();
+    }
+}
+
+}  // namespace mmca
