@@ -1,14 +1,17 @@
 // mmca/backend/cpu/attention_fused.hpp - the fused CPU attention kernel for every variant.
 //
-// Work item: one sequence, one kv head, and a tile of up to `tile_rows` query rows that need a
-// softmax, taken with all query heads that share the kv head (grouped-query attention stacks them
-// into one tile, so K/V blocks are read once per group). For each key block the tile may see:
-//   S = Q_tile · K_blockᵀ           (Eigen GEMM, float32)
-//   per row and group: online softmax update of (max, sum, accumulator), masked only where the
-//   block is partially visible, uniform groups take weight 1 without looking at S
-//   [acc_0; acc_1] += [P_0; P_1] · V_block   (one GEMM for both groups)
+// Work item: one sequence, one kv head, and a tile of query rows that need a softmax, taken with
+// all query heads that share the kv head (grouped-query attention stacks them into one tile, so
+// each K/V block is read once per group). Scores are kept transposed, S^T (keys × tile rows), so
+// that everything a row's online softmax needs (max, sum, rescale, masks) runs down SIMD lanes
+// of tile rows. For each key block the tile can see:
+//   S^T  = K_block · Q_tileᵀ                       register-blocked micro-kernel (8 keys × 2 packets)
+//   per group g: mask where the block is only partly visible, uniform rows take score 0,
+//   online update of (max, sum) per row, P_g^T = exp(S^T − max)
+//   acc_g += P_gᵀ · V_block                        register-blocked micro-kernel (8 rows × 2 packets)
 // Key blocks that no row of the tile can see are skipped (prefix counts of token types decide),
-// and S is not computed for blocks that only uniform groups touch. No (L, L) buffer exists.
+// and S^T is not computed for blocks that only uniform groups touch. No (L, L) buffer exists.
+// Tiles of at most 8 rows (decode steps) use Eigen's matrix-vector products instead.
 #pragma once
 
 #include "mmca/attention/problem.hpp"
@@ -21,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -31,23 +35,101 @@ namespace cpu {
 /// Tile sizes of the fused kernel. The defaults suit AVX-512 cores with 1-2 MB of L2.
 struct fused_attention_config {
     std::int32_t tile_rows = 128;  // query rows (times heads per kv head) per tile, at most
-    std::int32_t key_block = 128;  // keys per block
+    std::int32_t key_block = 128;  // keys per block (512 for tiles of at most 8 rows)
 };
 
 namespace detail {
 
-using row_matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using const_row_map = Eigen::Map<const row_matrix, 0, Eigen::OuterStride<>>;
+using packet = Eigen::internal::packet_traits<float>::type;
+constexpr int packet_size = Eigen::internal::packet_traits<float>::size;
+using aligned_floats = std::vector<float, Eigen::aligned_allocator<float>>;
+
+inline std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
+
+/// St[i][m] = Σ_d K[i][d] · Qt[d][m] for NI keys and 2 packets of rows starting at Qt/St column 0.
+template <int NI>
+inline void scores_tile(const float* K, std::int64_t k_stride, std::int64_t D, const float* Qt, std::int64_t ldq,
+                        float* St, std::int64_t lds) {
+    using namespace Eigen::internal;
+    packet acc[NI][2];
+    for (int i = 0; i < NI; ++i) acc[i][0] = acc[i][1] = pset1<packet>(0.0f);
+    for (std::int64_t d = 0; d < D; ++d) {
+        const packet q0 = ploadu<packet>(Qt + d * ldq), q1 = ploadu<packet>(Qt + d * ldq + packet_size);
+        for (int i = 0; i < NI; ++i) {
+            const packet kb = pset1<packet>(K[i * k_stride + d]);
+            acc[i][0] = pmadd(kb, q0, acc[i][0]);
+            acc[i][1] = pmadd(kb, q1, acc[i][1]);
+        }
+    }
+    for (int i = 0; i < NI; ++i) {
+        pstoreu(St + i * lds, acc[i][0]);
+        pstoreu(St + i * lds + packet_size, acc[i][1]);
+    }
+}
+
+/// St (n × ldm) = K (n × D, row stride k_stride) · Qt (D × ldm); ldm a multiple of 2 packets.
+inline void scores_transposed(const float* K, std::int64_t k_stride, std::int64_t n, std::int64_t D, const float* Qt,
+                              std::int64_t ldm, float* St) {
+    for (std::int64_t m = 0; m < ldm; m += 2 * packet_size) {
+        std::int64_t i = 0;
+        for (; i + 8 <= n; i += 8) scores_tile<8>(K + i * k_stride, k_stride, D, Qt + m, ldm, St + i * ldm + m, ldm);
+        for (; i + 4 <= n; i += 4) scores_tile<4>(K + i * k_stride, k_stride, D, Qt + m, ldm, St + i * ldm + m, ldm);
+        for (; i < n; ++i) scores_tile<1>(K + i * k_stride, k_stride, D, Qt + m, ldm, St + i * ldm + m, ldm);
+    }
+}
+
+/// acc[m][d] += Σ_x Pt[x][m] · V[x][d] for 8 rows m and NP packets of columns d.
+template <int NP>
+inline void values_tile(const float* Pt, std::int64_t ldp, std::int64_t n, const float* V, std::int64_t v_stride,
+                        float* acc, std::int64_t lda) {
+    using namespace Eigen::internal;
+    packet a[8][NP];
+    for (int i = 0; i < 8; ++i)
+        for (int c = 0; c < NP; ++c) a[i][c] = ploadu<packet>(acc + i * lda + c * packet_size);
+    for (std::int64_t x = 0; x < n; ++x) {
+        packet v[NP];
+        for (int c = 0; c < NP; ++c) v[c] = ploadu<packet>(V + x * v_stride + c * packet_size);
+        const float* p = Pt + x * ldp;
+        for (int i = 0; i < 8; ++i) {
+            const packet pb = pset1<packet>(p[i]);
+            for (int c = 0; c < NP; ++c) a[i][c] = pmadd(pb, v[c], a[i][c]);
+        }
+    }
+    for (int i = 0; i < 8; ++i)
+        for (int c = 0; c < NP; ++c) pstoreu(acc + i * lda + c * packet_size, a[i][c]);
+}
+
+/// acc (rows × Dp) += Ptᵀ · V for rows a multiple of 8 and Dp a multiple of one packet.
+inline void accumulate_values(const float* Pt, std::int64_t ldp, std::int64_t n, const float* V, std::int64_t v_stride,
+                              std::int64_t Dp, float* acc, std::int64_t rows) {
+    for (std::int64_t m = 0; m < rows; m += 8) {
+        std::int64_t d = 0;
+        for (; d + 2 * packet_size <= Dp; d += 2 * packet_size)
+            values_tile<2>(Pt + m, ldp, n, V + d, v_stride, acc + m * Dp + d, Dp);
+        for (; d < Dp; d += packet_size) values_tile<1>(Pt + m, ldp, n, V + d, v_stride, acc + m * Dp + d, Dp);
+    }
+}
+
+/// Per-row description of one group, laid out across tile rows so masks are computed lane-wise.
+/// Positions fit exactly in float (sequences are far below 2^24 tokens).
+struct group_lanes {
+    aligned_floats lo[2], hi[2];     // (ldm) range bounds (inclusive); empty range: lo = 1, hi = 0
+    aligned_floats type_ok[2][3];    // (ldm) 1 where a token of type t belongs to range r, else 0
+    aligned_floats image_id[2];      // (ldm) image filter of range r, -1 for none
+    aligned_floats uniform;          // (ldm) all-ones bits where the row's group is uniform
+    bool any_uniform = false;
+};
 
 /// Scratch of one thread, reused across work items.
 struct fused_scratch {
-    row_matrix q;           // (M, D) scaled query rows of the tile
-    row_matrix s;           // (M, Bk) scores of one key block
-    row_matrix p;           // (2M, Bk) weights of group 0 then group 1
-    row_matrix acc;         // (2M, D) accumulators of group 0 then group 1
-    std::vector<float> m;   // (2M) running max per row and group
-    std::vector<float> l;   // (2M) running sum per row and group
-    std::vector<float> kbuf, vbuf;  // (Bk, D) widened K/V block when stored as f16/bf16
+    aligned_floats qt;          // (D, ldm) scaled query rows of the tile, transposed
+    aligned_floats st;          // (Bk, ldm) scores of one key block, transposed
+    aligned_floats pt[2];       // (Bk, ldm) weights per group, transposed
+    aligned_floats acc[2];      // (ldm, Dp) accumulators per group
+    aligned_floats mx[2], sum[2], block_max;  // (ldm) running max and sum per group
+    aligned_floats kbuf, vbuf;  // (Bk, Dp) widened or padded K/V block
+    group_lanes lanes[2];
+    std::vector<block_cover> covers;
 };
 
 /// The query rows of a tile: `count` consecutive entries of a sequence's active-row list.
@@ -58,17 +140,106 @@ struct tile_desc {
     std::int32_t count;
 };
 
+/// Pointer to a (n × D) block of K or V as float32 rows of stride *stride: in place for float storage
+/// whose rows can be read a whole packet at a time, else widened/padded into buf (rows of Dp).
 template <class KV>
-const_row_map key_block_view(const tensor_ref<const KV, 4>& t, std::int64_t b, std::int64_t h, std::int32_t k0,
-                             std::int32_t n, std::int64_t D, std::vector<float>& buf) {
+const float* block_rows(const tensor_ref<const KV, 4>& t, std::int64_t b, std::int64_t h, std::int64_t k0,
+                        std::int64_t n, std::int64_t D, std::int64_t Dp, aligned_floats& buf, std::int64_t* stride) {
     if constexpr (std::is_same_v<KV, float>) {
-        (void)buf;
-        return const_row_map(t.ptr(b, h, k0), n, D, Eigen::OuterStride<>(t.strides[2]));
-    } else {
-        buf.resize(static_cast<std::size_t>(n) * D);
-        for (std::int32_t r = 0; r < n; ++r) to_float(t.ptr(b, h, k0 + r), buf.data() + r * D, D);
-        return const_row_map(buf.data(), n, D, Eigen::OuterStride<>(D));
+        if (D == Dp) {
+            *stride = t.strides[2];
+            return t.ptr(b, h, k0);
+        }
     }
+    buf.assign(static_cast<std::size_t>(n * Dp), 0.0f);
+    for (std::int64_t r = 0; r < n; ++r) to_float(t.ptr(b, h, k0 + r), buf.data() + r * Dp, D);
+    *stride = Dp;
+    return buf.data();
+}
+
+inline void fill_lanes(group_lanes& lanes, std::int64_t ldm) {
+    for (int r = 0; r < 2; ++r) {
+        lanes.lo[r].assign(ldm, 1.0f);
+        lanes.hi[r].assign(ldm, 0.0f);
+        lanes.image_id[r].assign(ldm, -1.0f);
+        for (auto& t : lanes.type_ok[r]) t.assign(ldm, 0.0f);
+    }
+    lanes.uniform.assign(ldm, 0.0f);
+    lanes.any_uniform = false;
+}
+
+inline void set_lane(group_lanes& lanes, std::int64_t m, const key_group& g) {
+    for (int r = 0; r < g.ranges; ++r) {
+        const key_range& kr = g.range[r];
+        lanes.lo[r][m] = static_cast<float>(kr.lo);
+        lanes.hi[r][m] = static_cast<float>(kr.hi);
+        lanes.image_id[r][m] = static_cast<float>(kr.image_id);
+        for (int t = 0; t < 3; ++t) lanes.type_ok[r][t][m] = ((kr.types >> t) & 1u) ? 1.0f : 0.0f;
+    }
+    if (g.uniform) {
+        const std::uint32_t ones = 0xffffffffu;
+        std::memcpy(&lanes.uniform[m], &ones, sizeof ones);
+        lanes.any_uniform = true;
+    }
+}
+
+/// One online-softmax step of a group over a key block, all lanes at once.
+/// St/Pt are (n × ldm); mx/sum (ldm) are updated; acc rows are rescaled; Pt receives the weights.
+inline void softmax_block(const float* St, float* Pt, std::int64_t n, std::int64_t ldm, bool masked,
+                          const group_lanes& lanes, const sequence_index& seq, std::int64_t k0, float* mx, float* sum,
+                          float* block_max, float* acc, std::int64_t Dp) {
+    using namespace Eigen::internal;
+    const packet neg_inf = pset1<packet>(-std::numeric_limits<float>::infinity());
+    const packet zero = pset1<packet>(0.0f);
+    for (std::int64_t m = 0; m < ldm; m += packet_size) pstoreu(block_max + m, neg_inf);
+    for (std::int64_t x = 0; x < n; ++x) {
+        const std::int64_t key = k0 + x;
+        const int t = seq.types[key];
+        const packet kpos = pset1<packet>(static_cast<float>(key));
+        const packet kid = pset1<packet>(static_cast<float>(seq.image_ids[key]));
+        for (std::int64_t m = 0; m < ldm; m += packet_size) {
+            packet s = ploadu<packet>(St + x * ldm + m);
+            if (lanes.any_uniform) s = pselect(ploadu<packet>(lanes.uniform.data() + m), zero, s);
+            if (masked) {
+                packet member = pcmp_lt(zero, zero);  // all false
+                for (int r = 0; r < 2; ++r) {
+                    packet in = pand(pcmp_le(ploadu<packet>(lanes.lo[r].data() + m), kpos),
+                                     pcmp_le(kpos, ploadu<packet>(lanes.hi[r].data() + m)));
+                    in = pand(in, pcmp_lt(zero, ploadu<packet>(lanes.type_ok[r][t].data() + m)));
+                    const packet id = ploadu<packet>(lanes.image_id[r].data() + m);
+                    in = pand(in, por(pcmp_lt(id, zero), pcmp_eq(id, kid)));
+                    member = por(member, in);
+                }
+                s = pselect(member, s, neg_inf);
+            }
+            pstoreu(Pt + x * ldm + m, s);
+            pstoreu(block_max + m, pmax(ploadu<packet>(block_max + m), s));
+        }
+    }
+    // New running max; rows that have seen no key yet keep -inf and use 0 as the shift.
+    for (std::int64_t m = 0; m < ldm; m += packet_size) {
+        const packet old_max = ploadu<packet>(mx + m);
+        const packet new_max = pmax(old_max, ploadu<packet>(block_max + m));
+        const packet shift = pselect(pcmp_eq(new_max, neg_inf), zero, new_max);
+        pstoreu(block_max + m, shift);                          // block_max now holds the shift
+        pstoreu(mx + m, new_max);
+        const packet alpha = pexp(psub(old_max, shift));       // 0 when old_max = -inf
+        pstoreu(sum + m, pmul(ploadu<packet>(sum + m), alpha));
+        float a[packet_size];
+        pstoreu(a, alpha);
+        for (int i = 0; i < packet_size; ++i)
+            if (a[i] != 1.0f) {
+                float* row = acc + (m + i) * Dp;
+                for (std::int64_t d = 0; d < Dp; ++d) row[d] *= a[i];
+            }
+    }
+    for (std::int64_t x = 0; x < n; ++x)
+        for (std::int64_t m = 0; m < ldm; m += packet_size) {
+            const packet s = ploadu<packet>(Pt + x * ldm + m);
+            const packet p = pselect(pcmp_eq(s, neg_inf), zero, pexp(psub(s, ploadu<packet>(block_max + m))));
+            pstoreu(Pt + x * ldm + m, p);
+            pstoreu(sum + m, padd(ploadu<packet>(sum + m), p));
+        }
 }
 
 }  // namespace detail
@@ -80,6 +251,7 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
                              const fused_attention_config& config = {}) {
     using namespace detail;
     const std::int64_t D = p.head_dim;
+    const std::int64_t Dp = round_up(D, packet_size);
     const std::int64_t G = p.group_size();
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
 
@@ -100,26 +272,26 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
     // Rows without a softmax: padding and out-of-length rows are 0, self-only rows copy V_j.
     parallel_for(p.batch * p.q_heads, num_threads, [&](std::int64_t item, int) {
         const std::int64_t b = item / p.q_heads, h = item % p.q_heads;
-        std::vector<float> row(D);
         for (std::int64_t i = 0; i < p.q_len; ++i) {
             const bool planned = i < p.seq_q_len[b];
             if (planned && plans[b][i].needs_softmax()) continue;
             float* o = out.ptr(b, h, i);
-            if (planned && plans[b][i].self_term) {
+            if (planned && plans[b][i].self_term)
                 to_float(v.ptr(b, h / G, plans[b][i].position), o, D);
-            } else {
+            else
                 std::fill(o, o + D, 0.0f);
-            }
         }
     });
 
     const std::int32_t rows_per_tile = std::max<std::int32_t>(1, config.tile_rows / static_cast<std::int32_t>(G));
     std::vector<tile_desc> tiles;
-    for (std::int64_t b = 0; b < p.batch; ++b)
+    for (std::int64_t b = 0; b < p.batch; ++b) {
+        const auto rows = static_cast<std::int32_t>(active[b].size());
         for (std::int64_t hk = 0; hk < p.kv_heads; ++hk)
-            for (std::int32_t first = 0; first < static_cast<std::int32_t>(active[b].size()); first += rows_per_tile)
+            for (std::int32_t first = 0; first < rows; first += rows_per_tile)
                 tiles.push_back({static_cast<std::int32_t>(b), static_cast<std::int32_t>(hk), first,
-                                 std::min<std::int32_t>(rows_per_tile, static_cast<std::int32_t>(active[b].size()) - first)});
+                                 std::min(rows_per_tile, rows - first)});
+    }
 
     const int threads = resolve_num_threads(num_threads);
     std::vector<fused_scratch> scratch(threads);
@@ -129,23 +301,27 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
         const std::int64_t b = tile.batch, hk = tile.kv_head;
         const sequence_index& seq = index[b];
         const std::int32_t R = tile.count;
-        const std::int64_t M = R * G;  // tile row m = head offset (m / R) * ... see row_of below
+        const std::int64_t M = R * G;
+        const bool small = M <= 8;  // decode steps: matrix-vector products
+        const std::int64_t ldm = round_up(M, small ? packet_size : 2 * packet_size);
         fused_scratch& w = scratch[thread];
         // Tile row m holds query head hk*G + m / R and row active[first + m % R].
         auto row_index = [&](std::int64_t m) { return active[b][tile.first + m % R]; };
-        auto head_of = [&](std::int64_t m) { return hk * G + m / R; };
         auto plan_of = [&](std::int64_t m) -> const row_plan& { return plans[b][row_index(m)]; };
 
-        w.q.resize(M, D);
+        w.qt.assign(static_cast<std::size_t>(D * ldm), 0.0f);
         for (std::int64_t m = 0; m < M; ++m) {
-            const float* src = q.ptr(b, head_of(m), row_index(m));
-            for (std::int64_t d = 0; d < D; ++d) w.q(m, d) = src[d] * p.scale;
+            const float* src = q.ptr(b, hk * G + m / R, row_index(m));
+            for (std::int64_t d = 0; d < D; ++d) w.qt[d * ldm + m] = src[d] * p.scale;
         }
-        w.acc.setZero(2 * M, D);
-        w.m.assign(2 * M, neg_inf);
-        w.l.assign(2 * M, 0.0f);
-        for (std::int64_t m = 0; m < M; ++m)
-            if (plan_of(m).group[1].uniform) w.m[M + m] = 0.0f;  // uniform groups use score 0 throughout
+        for (int g = 0; g < 2; ++g) {
+            w.acc[g].assign(static_cast<std::size_t>(ldm * Dp), 0.0f);
+            w.mx[g].assign(ldm, neg_inf);
+            w.sum[g].assign(ldm, 0.0f);
+            fill_lanes(w.lanes[g], ldm);
+            for (std::int64_t m = 0; m < M; ++m) set_lane(w.lanes[g], m, plan_of(m).group[g]);
+        }
+        w.block_max.resize(ldm);
 
         // The key range any row of the tile can see.
         std::int32_t lo = seq.length, hi = -1;
@@ -156,94 +332,71 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
                     hi = std::max(hi, g.range[x].hi);
                 }
 
-        const std::int32_t Bk = M <= 8 ? std::max(config.key_block, 512) : config.key_block;
-        std::vector<block_cover> covers(2 * static_cast<std::size_t>(R));
+        const std::int32_t Bk = small ? std::max(config.key_block, 512) : config.key_block;
+        w.st.resize(static_cast<std::size_t>(Bk * ldm));
+        for (auto& pt : w.pt) pt.resize(static_cast<std::size_t>(Bk * ldm));
+        w.covers.resize(2 * static_cast<std::size_t>(R));
         for (std::int32_t k0 = (lo / Bk) * Bk; k0 <= hi; k0 += Bk) {
             const std::int32_t k1 = std::min(k0 + Bk, seq.length), n = k1 - k0;
-            // Classify the block for every row (per position; heads share the classification).
-            bool group_used[2] = {false, false}, need_scores = false;
+            // Classify the block for every row position (heads share the classification).
+            bool used[2] = {false, false}, masked[2] = {false, false}, need_scores = false;
             for (std::int32_t r = 0; r < R; ++r) {
                 const row_plan& plan = plans[b][active[b][tile.first + r]];
                 for (int g = 0; g < 2; ++g) {
                     const block_cover c = plan.group[g].empty() ? block_cover::none : cover(seq, plan.group[g], k0, k1);
-                    covers[g * R + r] = c;
+                    masked[g] |= c != block_cover::full;
                     if (c != block_cover::none) {
-                        group_used[g] = true;
+                        used[g] = true;
                         need_scores |= !plan.group[g].uniform;
                     }
                 }
             }
-            if (!group_used[0] && !group_used[1]) continue;
+            if (!used[0] && !used[1]) continue;
 
-            const const_row_map kb = key_block_view(k, b, hk, k0, n, D, w.kbuf);
-            const const_row_map vb = key_block_view(v, b, hk, k0, n, D, w.vbuf);
-            if (need_scores) w.s.noalias() = w.q * kb.transpose();
-            w.p.resize(2 * M, n);
-
-            for (int g = 0; g < 2; ++g) {
-                if (!group_used[g]) continue;
-                for (std::int64_t m = 0; m < M; ++m) {
-                    const std::int32_t r = static_cast<std::int32_t>(m % R);
-                    const block_cover c = covers[g * R + r];
-                    float* prow = w.p.data() + (g * M + m) * n;
-                    if (c == block_cover::none) {
-                        std::fill(prow, prow + n, 0.0f);
-                        continue;
-                    }
-                    const key_group& grp = plan_of(m).group[g];
-                    float& l = w.l[g * M + m];
-                    if (grp.uniform) {
-                        std::int32_t members = 0;
-                        for (std::int32_t x = 0; x < n; ++x) {
-                            const bool in = c == block_cover::full || seq.in_group(grp, k0 + x);
-                            prow[x] = in ? 1.0f : 0.0f;
-                            members += in;
-                        }
-                        l += static_cast<float>(members);
-                        continue;
-                    }
-                    Eigen::Map<Eigen::ArrayXf> pa(prow, n);
-                    const float* srow = w.s.data() + m * n;
-                    if (c == block_cover::full) {
-                        pa = Eigen::Map<const Eigen::ArrayXf>(srow, n);
-                    } else {
-                        for (std::int32_t x = 0; x < n; ++x) prow[x] = seq.in_group(grp, k0 + x) ? srow[x] : neg_inf;
-                    }
-                    const float block_max = pa.maxCoeff();
-                    if (block_max == neg_inf) {  // a partial cover with no member after all
-                        pa.setZero();
-                        continue;
-                    }
-                    float& mx = w.m[g * M + m];
-                    const float new_max = std::max(mx, block_max);
-                    const float rescale = std::exp(mx - new_max);  // exp(-inf) = 0 on the first block
-                    pa = (pa - new_max).exp();
-                    if (c != block_cover::full)
-                        for (std::int32_t x = 0; x < n; ++x)
-                            if (!seq.in_group(grp, k0 + x)) prow[x] = 0.0f;
-                    l = l * rescale + pa.sum();
-                    if (rescale != 1.0f) w.acc.row(g * M + m) *= rescale;
-                    mx = new_max;
-                }
-            }
-            if (group_used[0] && group_used[1]) {
-                w.acc.noalias() += w.p * vb;
+            std::int64_t ks = 0, vs = 0;
+            const float* kb = need_scores ? block_rows(k, b, hk, k0, n, D, Dp, w.kbuf, &ks) : nullptr;
+            const float* vb = block_rows(v, b, hk, k0, n, D, Dp, w.vbuf, &vs);
+            if (!need_scores) {
+                std::fill(w.st.begin(), w.st.begin() + n * ldm, 0.0f);
+            } else if (small) {
+                using row_matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+                Eigen::Map<const row_matrix, 0, Eigen::OuterStride<>> K(kb, n, D, Eigen::OuterStride<>(ks));
+                Eigen::Map<const row_matrix, 0, Eigen::OuterStride<>> Qt(w.qt.data(), D, M, Eigen::OuterStride<>(ldm));
+                Eigen::Map<row_matrix, 0, Eigen::OuterStride<>> St(w.st.data(), n, M, Eigen::OuterStride<>(ldm));
+                St.noalias() = K * Qt;
             } else {
-                const std::int64_t g0 = group_used[0] ? 0 : M;
-                w.acc.middleRows(g0, M).noalias() += w.p.middleRows(g0, M) * vb;
+                scores_transposed(kb, ks, n, D, w.qt.data(), ldm, w.st.data());
+            }
+            for (int g = 0; g < 2; ++g) {
+                if (!used[g]) continue;
+                softmax_block(w.st.data(), w.pt[g].data(), n, ldm, masked[g], w.lanes[g], seq, k0, w.mx[g].data(),
+                              w.sum[g].data(), w.block_max.data(), w.acc[g].data(), Dp);
+                if (small) {
+                    using row_matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+                    Eigen::Map<const row_matrix, 0, Eigen::OuterStride<>> Pt(w.pt[g].data(), n, M, Eigen::OuterStride<>(ldm));
+                    Eigen::Map<const row_matrix, 0, Eigen::OuterStride<>> V(vb, n, D, Eigen::OuterStride<>(vs));
+                    Eigen::Map<row_matrix, 0, Eigen::OuterStride<>> A(w.acc[g].data(), M, D, Eigen::OuterStride<>(Dp));
+                    A.noalias() += Pt.transpose() * V;
+                } else {
+                    accumulate_values(w.pt[g].data(), ldm, n, vb, vs, Dp, w.acc[g].data(), round_up(M, 8));
+                }
             }
         }
 
         for (std::int64_t m = 0; m < M; ++m) {
             const row_plan& plan = plan_of(m);
-            Eigen::Map<Eigen::RowVectorXf> o(out.ptr(b, head_of(m), row_index(m)), D);
-            o.setZero();
-            for (int g = 0; g < 2; ++g)
-                if (w.l[g * M + m] > 0.0f) o += w.acc.row(g * M + m) / w.l[g * M + m];
+            float* o = out.ptr(b, hk * G + m / R, row_index(m));
+            std::fill(o, o + D, 0.0f);
+            for (int g = 0; g < 2; ++g) {
+                const float s = w.sum[g][m];
+                if (s <= 0.0f) continue;
+                const float* a = w.acc[g].data() + m * Dp;
+                for (std::int64_t d = 0; d < D; ++d) o[d] += a[d] / s;
+            }
             if (plan.self_term) {
                 w.kbuf.resize(D);
                 to_float(v.ptr(b, hk, plan.position), w.kbuf.data(), D);
-                o += Eigen::Map<const Eigen::RowVectorXf>(w.kbuf.data(), D);
+                for (std::int64_t d = 0; d < D; ++d) o[d] += w.kbuf[d];
             }
         }
     });
