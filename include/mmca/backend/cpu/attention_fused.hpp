@@ -46,6 +46,11 @@ using aligned_floats = std::vector<float, Eigen::aligned_allocator<float>>;
 
 inline std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
 
+// Register blocking of the micro-kernels: `register_rows` rows of 2 packets of accumulators, plus two
+// packets of operands and one broadcast, must fit the register file (16 vector registers on
+// AVX2/SSE/NEON: 6 rows; 32 on AVX-512: 8 rows).
+constexpr int register_rows = packet_size >= 16 ? 8 : 6;
+
 /// St[i][m] = Σ_d K[i][d] · Qt[d][m] for NI keys and 2 packets of rows starting at Qt/St column 0.
 template <int NI>
 inline void scores_tile(const float* K, std::int64_t k_stride, std::int64_t D, const float* Qt, std::int64_t ldq,
@@ -72,42 +77,49 @@ inline void scores_transposed(const float* K, std::int64_t k_stride, std::int64_
                               std::int64_t ldm, float* St) {
     for (std::int64_t m = 0; m < ldm; m += 2 * packet_size) {
         std::int64_t i = 0;
-        for (; i + 8 <= n; i += 8) scores_tile<8>(K + i * k_stride, k_stride, D, Qt + m, ldm, St + i * ldm + m, ldm);
+        for (; i + register_rows <= n; i += register_rows)
+            scores_tile<register_rows>(K + i * k_stride, k_stride, D, Qt + m, ldm, St + i * ldm + m, ldm);
         for (; i + 4 <= n; i += 4) scores_tile<4>(K + i * k_stride, k_stride, D, Qt + m, ldm, St + i * ldm + m, ldm);
         for (; i < n; ++i) scores_tile<1>(K + i * k_stride, k_stride, D, Qt + m, ldm, St + i * ldm + m, ldm);
     }
 }
 
-/// acc[m][d] += Σ_x Pt[x][m] · V[x][d] for 8 rows m and NP packets of columns d.
-template <int NP>
+/// acc[m][d] += Σ_x Pt[x][m] · V[x][d] for MI rows m and NP packets of columns d.
+template <int MI, int NP>
 inline void values_tile(const float* Pt, std::int64_t ldp, std::int64_t n, const float* V, std::int64_t v_stride,
                         float* acc, std::int64_t lda) {
     using namespace Eigen::internal;
-    packet a[8][NP];
-    for (int i = 0; i < 8; ++i)
+    packet a[MI][NP];
+    for (int i = 0; i < MI; ++i)
         for (int c = 0; c < NP; ++c) a[i][c] = ploadu<packet>(acc + i * lda + c * packet_size);
     for (std::int64_t x = 0; x < n; ++x) {
         packet v[NP];
         for (int c = 0; c < NP; ++c) v[c] = ploadu<packet>(V + x * v_stride + c * packet_size);
         const float* p = Pt + x * ldp;
-        for (int i = 0; i < 8; ++i) {
+        for (int i = 0; i < MI; ++i) {
             const packet pb = pset1<packet>(p[i]);
             for (int c = 0; c < NP; ++c) a[i][c] = pmadd(pb, v[c], a[i][c]);
         }
     }
-    for (int i = 0; i < 8; ++i)
+    for (int i = 0; i < MI; ++i)
         for (int c = 0; c < NP; ++c) pstoreu(acc + i * lda + c * packet_size, a[i][c]);
 }
 
-/// acc (rows × Dp) += Ptᵀ · V for rows a multiple of 8 and Dp a multiple of one packet.
+/// acc (rows × Dp) += Ptᵀ · V for Dp a multiple of one packet. Column strips of V (Bk × 2 packets)
+/// are the outer loop so that each strip stays in L1 while every row tile passes over it.
 inline void accumulate_values(const float* Pt, std::int64_t ldp, std::int64_t n, const float* V, std::int64_t v_stride,
                               std::int64_t Dp, float* acc, std::int64_t rows) {
-    for (std::int64_t m = 0; m < rows; m += 8) {
-        std::int64_t d = 0;
-        for (; d + 2 * packet_size <= Dp; d += 2 * packet_size)
-            values_tile<2>(Pt + m, ldp, n, V + d, v_stride, acc + m * Dp + d, Dp);
-        for (; d < Dp; d += packet_size) values_tile<1>(Pt + m, ldp, n, V + d, v_stride, acc + m * Dp + d, Dp);
-    }
+    auto strip = [&](auto columns, std::int64_t d) {
+        constexpr int NP = decltype(columns)::value;
+        std::int64_t m = 0;
+        for (; m + register_rows <= rows; m += register_rows)
+            values_tile<register_rows, NP>(Pt + m, ldp, n, V + d, v_stride, acc + m * Dp + d, Dp);
+        for (; m + 2 <= rows; m += 2) values_tile<2, NP>(Pt + m, ldp, n, V + d, v_stride, acc + m * Dp + d, Dp);
+        for (; m < rows; ++m) values_tile<1, NP>(Pt + m, ldp, n, V + d, v_stride, acc + m * Dp + d, Dp);
+    };
+    std::int64_t d = 0;
+    for (; d + 2 * packet_size <= Dp; d += 2 * packet_size) strip(std::integral_constant<int, 2>{}, d);
+    for (; d < Dp; d += packet_size) strip(std::integral_constant<int, 1>{}, d);
 }
 
 /// Per-row description of one group, laid out across tile rows so masks are computed lane-wise.
@@ -378,7 +390,7 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
                     Eigen::Map<row_matrix, 0, Eigen::OuterStride<>> A(w.acc[g].data(), M, D, Eigen::OuterStride<>(Dp));
                     A.noalias() += Pt.transpose() * V;
                 } else {
-                    accumulate_values(w.pt[g].data(), ldm, n, vb, vs, Dp, w.acc[g].data(), round_up(M, 8));
+                    accumulate_values(w.pt[g].data(), ldm, n, vb, vs, Dp, w.acc[g].data(), M);
                 }
             }
         }
