@@ -11,7 +11,7 @@
 //   acc_g += P_gᵀ · V_block                        register-blocked micro-kernel (8 rows × 2 packets)
 // Key blocks that no row of the tile can see are skipped (prefix counts of token types decide),
 // and S^T is not computed for blocks that only uniform groups touch. No (L, L) buffer exists.
-// Tiles of at most 8 rows (decode steps) use Eigen's matrix-vector products instead.
+// Tiles of at most 8 rows (decode steps) read each K and V row once: dot products and axpys.
 #pragma once
 
 #include "mmca/attention/problem.hpp"
@@ -135,6 +135,7 @@ struct group_lanes {
 /// Scratch of one thread, reused across work items.
 struct fused_scratch {
     aligned_floats qt;          // (D, ldm) scaled query rows of the tile, transposed
+    aligned_floats qrows;       // (M, Dp) scaled query rows of a decode tile (at most 8 rows)
     aligned_floats st;          // (Bk, ldm) scores of one key block, transposed
     aligned_floats pt[2];       // (Bk, ldm) weights per group, transposed
     aligned_floats acc[2];      // (ldm, Dp) accumulators per group
@@ -254,6 +255,54 @@ inline void softmax_block(const float* St, float* Pt, std::int64_t n, std::int64
         }
 }
 
+/// A key block for a tile of at most 8 query rows (a decode step): memory-bound, so K and V rows are
+/// each read once, widened row by row into an L1 buffer, and used for every query row of the tile
+/// (dot products for the scores, axpy for the values).
+template <class KV>
+void decode_block(const tensor_ref<const KV, 4>& k, const tensor_ref<const KV, 4>& v, std::int64_t b, std::int64_t hk,
+                  std::int64_t k0, std::int64_t n, std::int64_t D, std::int64_t M, std::int64_t ldm, bool need_scores,
+                  const bool* used, const bool* masked, fused_scratch& w, const sequence_index& seq, std::int64_t Dp) {
+    using vec = Eigen::Map<const Eigen::VectorXf>;
+    w.kbuf.resize(static_cast<std::size_t>(Dp));
+    std::fill(w.st.begin(), w.st.begin() + n * ldm, 0.0f);
+    if (need_scores) {
+        for (std::int64_t x = 0; x < n; ++x) {
+            const float* row;
+            if constexpr (std::is_same_v<KV, float>) {
+                row = k.ptr(b, hk, k0 + x);
+            } else {
+                to_float(k.ptr(b, hk, k0 + x), w.kbuf.data(), D);
+                row = w.kbuf.data();
+            }
+            for (std::int64_t m = 0; m < M; ++m) w.st[x * ldm + m] = vec(row, D).dot(vec(w.qrows.data() + m * Dp, D));
+        }
+    }
+    for (int g = 0; g < 2; ++g)
+        if (used[g])
+            softmax_block(w.st.data(), w.pt[g].data(), n, ldm, masked[g], w.lanes[g], seq, k0, w.mx[g].data(),
+                          w.sum[g].data(), w.block_max.data(), w.acc[g].data(), Dp);
+    for (std::int64_t x = 0; x < n; ++x) {
+        bool any = false;
+        for (int g = 0; g < 2; ++g)
+            for (std::int64_t m = 0; m < M && used[g]; ++m) any |= w.pt[g][x * ldm + m] != 0.0f;
+        if (!any) continue;
+        const float* row;
+        if constexpr (std::is_same_v<KV, float>) {
+            row = v.ptr(b, hk, k0 + x);
+        } else {
+            to_float(v.ptr(b, hk, k0 + x), w.kbuf.data(), D);
+            row = w.kbuf.data();
+        }
+        for (int g = 0; g < 2; ++g) {
+            if (!used[g]) continue;
+            for (std::int64_t m = 0; m < M; ++m) {
+                const float p = w.pt[g][x * ldm + m];
+                if (p != 0.0f) Eigen::Map<Eigen::VectorXf>(w.acc[g].data() + m * Dp, D) += p * vec(row, D);
+            }
+        }
+    }
+}
+
 }  // namespace detail
 
 /// Computes attention for a checked problem with the fused kernel. out must have q's shape.
@@ -321,10 +370,18 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
         auto row_index = [&](std::int64_t m) { return active[b][tile.first + m % R]; };
         auto plan_of = [&](std::int64_t m) -> const row_plan& { return plans[b][row_index(m)]; };
 
-        w.qt.assign(static_cast<std::size_t>(D * ldm), 0.0f);
-        for (std::int64_t m = 0; m < M; ++m) {
-            const float* src = q.ptr(b, hk * G + m / R, row_index(m));
-            for (std::int64_t d = 0; d < D; ++d) w.qt[d * ldm + m] = src[d] * p.scale;
+        if (small) {
+            w.qrows.assign(static_cast<std::size_t>(M * Dp), 0.0f);
+            for (std::int64_t m = 0; m < M; ++m) {
+                const float* src = q.ptr(b, hk * G + m / R, row_index(m));
+                for (std::int64_t d = 0; d < D; ++d) w.qrows[m * Dp + d] = src[d] * p.scale;
+            }
+        } else {
+            w.qt.assign(static_cast<std::size_t>(D * ldm), 0.0f);
+            for (std::int64_t m = 0; m < M; ++m) {
+                const float* src = q.ptr(b, hk * G + m / R, row_index(m));
+                for (std::int64_t d = 0; d < D; ++d) w.qt[d * ldm + m] = src[d] * p.scale;
+            }
         }
         for (int g = 0; g < 2; ++g) {
             w.acc[g].assign(static_cast<std::size_t>(ldm * Dp), 0.0f);
@@ -365,33 +422,22 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
             }
             if (!used[0] && !used[1]) continue;
 
+            if (small) {
+                decode_block(k, v, b, hk, k0, n, D, M, ldm, need_scores, used, masked, w, seq, Dp);
+                continue;
+            }
             std::int64_t ks = 0, vs = 0;
             const float* kb = need_scores ? block_rows(k, b, hk, k0, n, D, Dp, w.kbuf, &ks) : nullptr;
             const float* vb = block_rows(v, b, hk, k0, n, D, Dp, w.vbuf, &vs);
-            if (!need_scores) {
-                std::fill(w.st.begin(), w.st.begin() + n * ldm, 0.0f);
-            } else if (small) {
-                using row_matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-                Eigen::Map<const row_matrix, 0, Eigen::OuterStride<>> K(kb, n, D, Eigen::OuterStride<>(ks));
-                Eigen::Map<const row_matrix, 0, Eigen::OuterStride<>> Qt(w.qt.data(), D, M, Eigen::OuterStride<>(ldm));
-                Eigen::Map<row_matrix, 0, Eigen::OuterStride<>> St(w.st.data(), n, M, Eigen::OuterStride<>(ldm));
-                St.noalias() = K * Qt;
-            } else {
+            if (need_scores)
                 scores_transposed(kb, ks, n, D, w.qt.data(), ldm, w.st.data());
-            }
+            else
+                std::fill(w.st.begin(), w.st.begin() + n * ldm, 0.0f);
             for (int g = 0; g < 2; ++g) {
                 if (!used[g]) continue;
                 softmax_block(w.st.data(), w.pt[g].data(), n, ldm, masked[g], w.lanes[g], seq, k0, w.mx[g].data(),
                               w.sum[g].data(), w.block_max.data(), w.acc[g].data(), Dp);
-                if (small) {
-                    using row_matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-                    Eigen::Map<const row_matrix, 0, Eigen::OuterStride<>> Pt(w.pt[g].data(), n, M, Eigen::OuterStride<>(ldm));
-                    Eigen::Map<const row_matrix, 0, Eigen::OuterStride<>> V(vb, n, D, Eigen::OuterStride<>(vs));
-                    Eigen::Map<row_matrix, 0, Eigen::OuterStride<>> A(w.acc[g].data(), M, D, Eigen::OuterStride<>(Dp));
-                    A.noalias() += Pt.transpose() * V;
-                } else {
-                    accumulate_values(w.pt[g].data(), ldm, n, vb, vs, Dp, w.acc[g].data(), M);
-                }
+                accumulate_values(w.pt[g].data(), ldm, n, vb, vs, Dp, w.acc[g].data(), M);
             }
         }
 
