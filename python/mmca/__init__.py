@@ -22,6 +22,11 @@ Conventions (docs/python.md):
 
 from ._core import (
     KVCache,
+    LlamaModel,
+    SafetensorsFile,
+    estimate_llama_memory,
+    llama_preset,
+    read_llama_config,
     __version__,
     attention,
     default_num_threads,
@@ -33,6 +38,11 @@ from ._core import (
 
 __all__ = [
     "KVCache",
+    "LlamaModel",
+    "SafetensorsFile",
+    "estimate_llama_memory",
+    "llama_preset",
+    "read_llama_config",
     "__version__",
     "attention",
     "default_num_threads",

@@ -1,6 +1,8 @@
 """Type stubs of the private extension module mmca._core (re-exported by the mmca package)."""
 
-from typing import Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from numpy.typing import ArrayLike, NDArray
 
 import numpy as np
 import numpy.typing as npt
@@ -157,3 +159,108 @@ class KVCache:
     @property
     def dtype(self) -> str:
         """Storage type name: 'float32', 'float16' or 'bfloat16'."""
+
+class LlamaModel:
+    """A LLaMa-2 decoder read from a safetensors checkpoint (memory-mapped, viewed in place), with a
+    KV cache per layer and a chat generator whose cache survives across rounds."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        kv_dtype: str = "float32",
+        context: int = 0,
+        batch: int = 1,
+        variant: str = "mmca",
+        policy: Optional[str] = None,
+        impl: str = "fused",
+        num_threads: int = 0,
+        names: str = "auto",
+        config_path: str = "",
+    ) -> None: ...
+    @property
+    def config(self) -> Dict[str, Any]:
+        """The model's config as a dict (HF key names)."""
+    @property
+    def batch(self) -> int:
+        """Sequences per call (B)."""
+    @property
+    def context(self) -> int:
+        """Tokens each sequence may hold."""
+    @property
+    def kv_dtype(self) -> str:
+        """Storage dtype of the KV cache."""
+    def length(self, b: int = 0) -> int:
+        """Tokens cached for sequence b."""
+    def reset(self) -> None:
+        """Forgets every cached token (a new conversation)."""
+    def forward(
+        self,
+        embeddings: NDArray[np.float32],
+        token_types: ArrayLike,
+        *,
+        image_ids: Optional[ArrayLike] = None,
+        lens: Optional[ArrayLike] = None,
+        logits: str = "all",
+        out: Optional[NDArray[np.float32]] = None,
+    ) -> Optional[NDArray[np.float32]]:
+        """Runs new tokens (B, L, H) through the decoder, appending them to the cache; returns logits
+        for all rows (B, L, V), the last new token (B, 1, V), or None."""
+    def forward_tokens(
+        self,
+        ids: ArrayLike,
+        *,
+        lens: Optional[ArrayLike] = None,
+        logits: str = "all",
+        out: Optional[NDArray[np.float32]] = None,
+    ) -> Optional[NDArray[np.float32]]:
+        """Embeds text token ids (B, L) and runs forward()."""
+    def embed(self, ids: ArrayLike) -> NDArray[np.float32]:
+        """Token embeddings (..., H) float32 of ids (L,) or (B, L)."""
+    def chat(
+        self,
+        prompt: Sequence[int],
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        eos_ids: Optional[Sequence[int]] = None,
+    ) -> Tuple[List[int], str]:
+        """One chat round (batch 1): prefills only the new prompt tokens on top of the cached
+        conversation, then generates until EOS or max_new_tokens (temperature 0: greedy).
+        Returns (tokens, reason) with reason 'eos', 'max_new_tokens' or 'context_full'."""
+
+class SafetensorsFile:
+    """A safetensors file, memory-mapped and validated on opening; tensor(name) is a read-only
+    zero-copy numpy view (bfloat16 as uint16 bit patterns) that keeps the file open."""
+
+    def __init__(self, path: str) -> None: ...
+    def names(self) -> List[str]:
+        """Tensor names in file order."""
+    @property
+    def metadata(self) -> Dict[str, str]:
+        """The '__metadata__' map."""
+    def dtype(self, name: str) -> str:
+        """The safetensors dtype of a tensor ('F32', 'F16', 'BF16')."""
+    def tensor(self, name: str) -> NDArray[Any]:
+        """A read-only zero-copy numpy view of a tensor."""
+
+def llama_preset(name: str) -> Dict[str, Any]:
+    """The config of 'llama2-7b', 'llama2-13b' or 'llama2-70b' as a dict."""
+
+def read_llama_config(path: str) -> Dict[str, Any]:
+    """Parses an HF LLaMa config.json into a dict of the keys mmca uses."""
+
+def estimate_llama_memory(
+    config: Union[str, Dict[str, Any]],
+    *,
+    weight_dtype: str = "bfloat16",
+    kv_dtype: str = "float32",
+    batch: int = 1,
+    context: int = 0,
+    prefill_tokens: int = 512,
+) -> Dict[str, int]:
+    """Bytes a model and its KV cache need (a preset name or config dict), before loading anything."""

@@ -38,4 +38,5 @@ PYBIND11_MODULE(_core, m) {
 
     mmca::python::register_attention(m);
     mmca::python::register_kv_cache(m);
+    mmca::python::bind_llama(m);
 }

@@ -11,4 +11,7 @@ void register_attention(pybind11::module_& m);
 /// mmca.KVCache (kv_cache_bindings.cpp).
 void register_kv_cache(pybind11::module_& m);
 
+/// mmca.LlamaModel, mmca.SafetensorsFile, presets and memory estimates (bind_llama.cpp).
+void bind_llama(pybind11::module_& m);
+
 }  // namespace mmca::python
