@@ -380,11 +380,9 @@ TEST(KvCacheErrors, BadAppendShapes) {
     f.expect_unchanged();
 }
 
-// Library bug (reported, not yet fixed): append() accepts an explicit image id up to the capacity,
-// but attention over the cache refuses ids >= the cached length, so a successful append leaves a
-// cache on which every attention call throws. Append should refuse what attention would refuse
-// (an id in [0, position of the token]). Enable when kv_cache::append checks that bound.
-TEST(KvCacheErrors, DISABLED_ImageIdThatAttentionWouldRefuseIsRefusedByAppend) {
+// append() refuses an explicit image id that attention over the cache would refuse: an id must lie
+// in [0, position of the token], so no successful append can leave a cache on which attention throws.
+TEST(KvCacheErrors, ImageIdThatAttentionWouldRefuseIsRefusedByAppend) {
     mmca::kv_cache<float> cache(1, 1, 16, 4);
     const tensor4 k = filled({1, 1, 3, 4}, 0.0f);
     owned_tokens t({sequence_of({T, I, I}, {-1, 10, 10})}, 3, true);

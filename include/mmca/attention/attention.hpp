@@ -28,7 +28,7 @@ void attention_forward(tensor_ref<const float, 4> q, tensor_ref<const KV, 4> k, 
     MMCA_CHECK_ARG(!out.empty(), "mmca::attention_forward", "out", "no tensor", "a (B, Hq, Lq, D) float32 tensor");
     const attention_problem p = make_attention_problem("mmca::attention_forward", q, k, v, tokens, options, out);
     if (impl == attention_impl::reference)
-        attention_reference_forward(p, q, k, v, out);
+        attention_reference_forward(p, q, k, v, out, options.num_threads);
     else
         cpu::attention_fused_forward(p, q, k, v, out, options.num_threads);
 }

@@ -94,10 +94,12 @@ public:
                 MMCA_CHECK_ARG(t >= 0 && t <= 2, where, "token_types",
                                "token_types[" + to_text(b) + ", " + to_text(i) + "] = " + to_text(int(t)),
                                "0 (pad), 1 (text) or 2 (image)");
+                // Attention accepts image indices below the sequence length; an index is checked
+                // against the length the token will have, so a cache never holds one it would refuse.
                 if (t == 2 && !image_ids.empty())
-                    MMCA_CHECK_ARG(image_ids(b, i) >= 0 && image_ids(b, i) < capacity_, where, "image_ids",
+                    MMCA_CHECK_ARG(image_ids(b, i) >= 0 && image_ids(b, i) <= lengths_[b] + i, where, "image_ids",
                                    "image_ids[" + to_text(b) + ", " + to_text(i) + "] = " + to_text(image_ids(b, i)),
-                                   "an image index in [0, " + to_text(capacity_) + ")");
+                                   "an image index in [0, " + to_text(lengths_[b] + i) + "]");
             }
         }
         for (std::int64_t b = 0; b < batch_; ++b) {

@@ -6,6 +6,7 @@
 #include "mmca/core/error.hpp"
 #include "mmca/core/tensor.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -102,7 +103,7 @@ attention_problem make_attention_problem(const char* where, tensor_ref<const flo
     p.image_ids.assign(p.batch * p.kv_len, -1);
     for (std::int64_t b = 0; b < p.batch; ++b) {
         const std::int64_t kvl = tokens.kv_lens.empty() ? p.kv_len : tokens.kv_lens(b);
-        const std::int64_t ql = tokens.q_lens.empty() ? p.q_len : tokens.q_lens(b);
+        const std::int64_t ql = tokens.q_lens.empty() ? std::min(p.q_len, kvl) : tokens.q_lens(b);
         MMCA_CHECK_ARG(kvl >= 0 && kvl <= p.kv_len, where, "kv_lens", "kv_lens[" + to_text(b) + "] = " + to_text(kvl),
                        "a length in [0, " + to_text(p.kv_len) + "]");
         MMCA_CHECK_ARG(ql >= 0 && ql <= p.q_len && ql <= kvl, where, "q_lens",

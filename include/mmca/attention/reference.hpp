@@ -99,11 +99,11 @@ inline explicit_masks build_explicit_masks(const attention_problem& p, std::int6
 /// Computes attention with the explicit-mask oracle. out must have q's shape.
 template <class KV>
 void attention_reference_forward(const attention_problem& p, tensor_ref<const float, 4> q, tensor_ref<const KV, 4> k,
-                                 tensor_ref<const KV, 4> v, tensor_ref<float, 4> out) {
+                                 tensor_ref<const KV, 4> v, tensor_ref<float, 4> out, int num_threads = 0) {
     const std::int64_t D = p.head_dim;
     for (std::int64_t b = 0; b < p.batch; ++b) {
         const explicit_masks masks = build_explicit_masks(p, b);
-        parallel_for(p.q_heads, 0, [&](std::int64_t h, int) {
+        parallel_for(p.q_heads, num_threads, [&](std::int64_t h, int) {
             const std::int64_t hk = h / p.group_size();
             std::vector<double> scores(p.kv_len), weights(p.kv_len), kf(D), vf(D), acc(D);
             std::vector<float> tmp(D);

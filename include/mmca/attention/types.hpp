@@ -95,7 +95,8 @@ struct token_layout {
     tensor_ref<const std::int32_t, 2> image_ids;  ///< (B, Lk) image index per image token, or absent:
                                                   ///< then each maximal run of image tokens is one image
     tensor_ref<const std::int32_t, 1> kv_lens;    ///< (B) valid keys per sequence, or absent: all Lk
-    tensor_ref<const std::int32_t, 1> q_lens;     ///< (B) valid queries per sequence, or absent: all Lq
+    tensor_ref<const std::int32_t, 1> q_lens;     ///< (B) valid queries per sequence, or absent:
+                                                  ///< min(Lq, kv_len[b]) (a padded prefill needs only kv_lens)
 };
 
 }  // namespace mmca
