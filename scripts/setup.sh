@@ -28,6 +28,7 @@ PACKAGES=(
   pybind11-dev python3-dev python3-pybind11 python3-numpy python3-pytest python3-torch
   python3-matplotlib python3-pil python3-venv python3-pip
   nlohmann-json3-dev libstb-dev libsentencepiece-dev sentencepiece
+  libopenblas0-pthread  # an optimised BLAS for Debian's torch (benchmarks/torch_attention.py)
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
