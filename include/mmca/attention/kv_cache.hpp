@@ -89,18 +89,7 @@ public:
                                to_text(lengths_[b]),
                            "at most " + to_text(capacity_ - lengths_[b]) + " (cache capacity " + to_text(capacity_) +
                                " tokens)");
-            for (std::int64_t i = 0; i < take[b]; ++i) {
-                const std::int8_t t = types(b, i);
-                MMCA_CHECK_ARG(t >= 0 && t <= 2, where, "token_types",
-                               "token_types[" + to_text(b) + ", " + to_text(i) + "] = " + to_text(int(t)),
-                               "0 (pad), 1 (text) or 2 (image)");
-                // Attention accepts image indices below the sequence length; an index is checked
-                // against the length the token will have, so a cache never holds one it would refuse.
-                if (t == 2 && !image_ids.empty())
-                    MMCA_CHECK_ARG(image_ids(b, i) >= 0 && image_ids(b, i) <= lengths_[b] + i, where, "image_ids",
-                                   "image_ids[" + to_text(b) + ", " + to_text(i) + "] = " + to_text(image_ids(b, i)),
-                                   "an image index in [0, " + to_text(lengths_[b] + i) + "]");
-            }
+            check_new_tokens(where, types, image_ids, b, take[b]);
         }
         for (std::int64_t b = 0; b < batch_; ++b) {
             const std::int64_t start = lengths_[b];
@@ -127,6 +116,24 @@ public:
             }
             lengths_[b] = static_cast<std::int32_t>(start + take[b]);
             appended_[b] = static_cast<std::int32_t>(take[b]);
+        }
+    }
+
+    /// Checks the metadata of `take` new tokens of sequence b without changing anything: token types
+    /// in {0, 1, 2}; explicit image indices in [0, position of the token] (what attention over the
+    /// cache accepts). append() calls it; so do callers that validate a whole step before appending.
+    void check_new_tokens(const char* where, tensor_ref<const std::int8_t, 2> types,
+                          tensor_ref<const std::int32_t, 2> image_ids, std::int64_t b, std::int64_t take) const {
+        using detail::to_text;
+        for (std::int64_t i = 0; i < take; ++i) {
+            const std::int8_t t = types(b, i);
+            MMCA_CHECK_ARG(t >= 0 && t <= 2, where, "token_types",
+                           "token_types[" + to_text(b) + ", " + to_text(i) + "] = " + to_text(int(t)),
+                           "0 (pad), 1 (text) or 2 (image)");
+            if (t == 2 && !image_ids.empty())
+                MMCA_CHECK_ARG(image_ids(b, i) >= 0 && image_ids(b, i) <= lengths_[b] + i, where, "image_ids",
+                               "image_ids[" + to_text(b) + ", " + to_text(i) + "] = " + to_text(image_ids(b, i)),
+                               "an image index in [0, " + to_text(lengths_[b] + i) + "]");
         }
     }
 

@@ -149,16 +149,7 @@ public:
                                to_text(cached) + " cached + " + to_text(take[b]) + " new)",
                            "at most " + to_text(context()) + " tokens (the model's context; max_position_embeddings " +
                                to_text(config_.max_positions) + ")");
-            for (std::int64_t i = 0; i < take[b]; ++i) {
-                const std::int8_t t = types(b, i);
-                MMCA_CHECK_ARG(t >= 0 && t <= 2, where, "token_types",
-                               "token_types[" + to_text(b) + ", " + to_text(i) + "] = " + to_text(int(t)),
-                               "0 (pad), 1 (text) or 2 (image)");
-                if (t == 2 && !image_ids.empty())
-                    MMCA_CHECK_ARG(image_ids(b, i) >= 0 && image_ids(b, i) < context(), where, "image_ids",
-                                   "image_ids[" + to_text(b) + ", " + to_text(i) + "] = " + to_text(image_ids(b, i)),
-                                   "an image index in [0, " + to_text(context()) + ")");
-            }
+            caches_.front().check_new_tokens(where, types, image_ids, b, take[b]);
         }
         if (mode == logits_mode::all)
             MMCA_CHECK_ARG(!logits.empty() && logits.shape[0] == B && logits.shape[1] == L && logits.shape[2] == V &&
