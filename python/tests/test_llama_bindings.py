@@ -9,8 +9,6 @@ import importlib
 import json
 import os
 import struct
-import threading
-import time
 import weakref
 
 import numpy as np
@@ -184,26 +182,3 @@ def test_presets_and_memory(mm):
     assert est2["parameters"] > 0
     with pytest.raises(ValueError):
         mm.llama_preset("llama3")
-
-
-def test_gil_is_released(mm, ckpt):
-    d, _ = ckpt
-    m = mm.LlamaModel(str(d), context=32)
-    ticks = []
-    stop = threading.Event()
-
-    def ticker():
-        while not stop.is_set():
-            ticks.append(1)
-            time.sleep(0.0005)
-
-    th = threading.Thread(target=ticker)
-    th.start()
-    try:
-        for _ in range(60):
-            m.reset()
-            m.forward_tokens(np.arange(1, 31, dtype=np.int32)[None])
-    finally:
-        stop.set()
-        th.join()
-    assert len(ticks) > 5
