@@ -226,6 +226,41 @@ TEST_F(VisualChatModel, ChatRoundsOnTheCacheEqualFullRecompute) {
     }
 }
 
+TEST_F(VisualChatModel, GreedyRoundsEqualArgmaxOfRecomputedLogits) {
+    auto chat = make();
+    auto full = make();
+    const std::int32_t P = chat->options().image_token_id;
+    const std::int64_t V = chat->language().config().vocab_size;
+    const auto imgs = random_images(2, S, 6);
+    mmca::generation_options g;
+    g.max_new_tokens = 4;
+    g.eos_ids = {-1};  // never stops early: every round has 4 tokens
+    std::vector<std::int32_t> convo;
+    std::vector<float> conv_images;
+    const std::vector<std::vector<std::int32_t>> prompts = {{1, 7, P, 9}, {1, 4, P, 5, 6}};
+    for (int r = 0; r < 2; ++r) {
+        std::vector<std::int32_t> streamed;
+        const auto res = chat->round(prompts[r], tensor_ref<const float, 4>(imgs.data() + r * 3 * S * S, {1, 3, S, S}), g,
+                                     [&](std::int32_t t) { return streamed.push_back(t), true; });
+        EXPECT_EQ(res.tokens, streamed);
+        ASSERT_EQ(res.tokens.size(), 4u);
+        // Oracle: each answer token is the argmax of a full recompute of everything before it.
+        convo.insert(convo.end(), prompts[r].begin(), prompts[r].end());
+        conv_images.insert(conv_images.end(), imgs.begin() + r * 3 * S * S, imgs.begin() + (r + 1) * 3 * S * S);
+        for (std::int32_t t : res.tokens) {
+            mmca::visual_sample s{convo, {}, tensor_ref<const float, 4>(conv_images.data(), {r + 1, 3, S, S})};
+            std::vector<float> logits;
+            std::int64_t L = 0;
+            full->forward({s}, logits, L);
+            const float* row = logits.data() + (L - 1) * V;
+            EXPECT_EQ(t, std::max_element(row, row + V) - row) << "round " << r;
+            convo.push_back(t);
+        }
+    }
+    // The cache held the conversation: round 2 ran only its own tokens (+ the pending last answer token).
+    EXPECT_EQ(chat->history().size(), convo.size());
+}
+
 TEST_F(VisualChatModel, BadInputChangesNothing) {
     auto m = make();
     const std::int32_t P = m->options().image_token_id;

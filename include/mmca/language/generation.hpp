@@ -158,10 +158,15 @@ public:
     /// Every token of the conversation so far (prompts and answers).
     const std::vector<std::int32_t>& history() const { return history_; }
 
+    /// Runs a round's prompt through the model: prefill(ids, logits (V)) must append ids to the
+    /// model's cache and write the logits of the last one (the visual-chat model splices images in
+    /// here). By default the ids are embedded as text.
+    using prefill_fn = std::function<void(const std::vector<std::int32_t>& ids, float* last_logits)>;
+
     /// One round: prefills `prompt` (after the previous answer's last token), then generates.
     /// on_token(id) is called for each new token; returning false stops the round early.
     generation_result round(const std::vector<std::int32_t>& prompt, const generation_options& options,
-                            const std::function<bool(std::int32_t)>& on_token = {}) {
+                            const std::function<bool(std::int32_t)>& on_token = {}, const prefill_fn& prefill = {}) {
         const char* where = "mmca::generator::round";
         MMCA_CHECK_ARG(model_.batch() == 1, where, "model", "a model of batch " + detail::to_text(model_.batch()),
                        "a model of batch 1 (generation runs one conversation)");
@@ -180,7 +185,11 @@ public:
         // With nothing to feed there are no logits to sample the first token from.
         MMCA_CHECK_ARG(!feed.empty(), where, "prompt", "no tokens (and no pending token from a previous round)",
                        "the tokens of the new round");
-        step(feed, out);  // throws (changing nothing) when the round does not fit the context
+        // Throws (changing nothing) when the round does not fit the context.
+        if (prefill)
+            prefill(feed, logits_.data());
+        else
+            step(feed, out);
         pending_.clear();
         history_.insert(history_.end(), prompt.begin(), prompt.end());
         result.prefilled = static_cast<std::int64_t>(feed.size());

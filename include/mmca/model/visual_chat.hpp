@@ -331,7 +331,7 @@ public:
             lens[b] = static_cast<std::int32_t>(s.length());
         }
         logits.assign(static_cast<std::size_t>(B * L * V), 0.0f);
-        lm_.reset();
+        generator_.reset();  // clears the model's caches
         std::fill(images_in_cache_.begin(), images_in_cache_.end(), 0);
         lm_.forward(tensor_ref<const float, 3>(emb.data(), {B, L, H}), tensor_ref<const std::int8_t, 2>(types.data(), {B, L}),
                     tensor_ref<const std::int32_t, 2>(ids.data(), {B, L}),
@@ -371,12 +371,26 @@ public:
         images_in_cache_[0] += static_cast<std::int32_t>(s.image_rows.size());
     }
 
+    /// One chat round on sequence 0: prefills ids (with placeholders) and their images after the
+    /// conversation so far, then generates the answer (streamed through on_token; returning false
+    /// stops early). Rounds reuse the cache: a round runs only its own tokens.
+    generation_result round(const std::vector<std::int32_t>& ids, tensor_ref<const float, 4> images,
+                            const generation_options& options,
+                            const std::function<bool(std::int32_t)>& on_token = {}) {
+        return generator_.round(ids, options, on_token, [&](const std::vector<std::int32_t>& feed, float* logits) {
+            append(feed, images, logits);
+        });
+    }
+
+    /// Every token of the conversation so far (prompts with placeholders, answers).
+    const std::vector<std::int32_t>& history() const { return generator_.history(); }
+
     /// Images held by sequence b's cache.
     std::int32_t images_in_context(std::int64_t b = 0) const { return images_in_cache_.at(static_cast<std::size_t>(b)); }
 
     /// Forgets the conversation (the image cache stays).
     void reset() {
-        lm_.reset();
+        generator_.reset();  // clears the model's caches
         std::fill(images_in_cache_.begin(), images_in_cache_.end(), 0);
     }
 
@@ -400,6 +414,7 @@ private:
 
     std::unique_ptr<vision_tower> tower_;
     llama_model<KV> lm_;
+    generator<KV> generator_{lm_};
     visual_chat_options options_;
     std::unordered_map<std::uint64_t, cache_entry> cache_;
     std::list<std::uint64_t> lru_;
