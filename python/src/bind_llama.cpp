@@ -397,17 +397,18 @@ numpy view of the mapped bytes (no copy; bfloat16 as uint16 bit patterns) that k
           py::arg("path"), "Parses an HF LLaMa config.json into a dict of the keys mmca uses.");
     m.def("estimate_llama_memory",
           [](py::handle config, const std::string& weight_dtype, const std::string& kv_dtype, std::int64_t batch,
-             std::int64_t context, std::int64_t prefill_tokens) {
+             std::int64_t context, std::int64_t prefill_tokens, std::int64_t image_tokens) {
               const char* where = "mmca.estimate_llama_memory";
               const auto c = config_from(config, where);
               const auto est = mmca::estimate_llama_memory(c, parse_dtype(where, "weight_dtype", weight_dtype),
                                                            parse_dtype(where, "kv_dtype", kv_dtype), batch, context,
-                                                           prefill_tokens);
+                                                           prefill_tokens, image_tokens);
               py::dict d;
               d["parameters"] = est.parameters;
               d["weight_bytes"] = est.weight_bytes;
               d["norm_copy_bytes"] = est.norm_copy_bytes;
               d["kv_cache_bytes"] = est.kv_cache_bytes;
+              d["cross_kv_bytes"] = est.cross_kv_bytes;
               d["activation_bytes"] = est.activation_bytes;
               d["logits_last_bytes"] = est.logits_last_bytes;
               d["logits_all_bytes"] = est.logits_all_bytes;
@@ -415,7 +416,7 @@ numpy view of the mapped bytes (no copy; bfloat16 as uint16 bit patterns) that k
               return d;
           },
           py::arg("config"), py::kw_only(), py::arg("weight_dtype") = "bfloat16", py::arg("kv_dtype") = "float32",
-          py::arg("batch") = 1, py::arg("context") = 0, py::arg("prefill_tokens") = 512,
+          py::arg("batch") = 1, py::arg("context") = 0, py::arg("prefill_tokens") = 512, py::arg("image_tokens") = -1,
           "Bytes a model and its KV cache need (a preset name or config dict), before loading anything.");
 }
 

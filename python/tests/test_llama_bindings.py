@@ -178,6 +178,10 @@ def test_presets_and_memory(mm):
     assert est["parameters"] == 6738415616
     assert est["weight_bytes"] == 2 * 6738415616
     assert est["total_bytes"] > est["weight_bytes"] + est["kv_cache_bytes"]
+    assert est["cross_kv_bytes"] == 0
+    cross = dict(mm.llama_preset("llama2-7b"), cross_attention_every=4)
+    est3 = mm.estimate_llama_memory(cross, weight_dtype="bfloat16", batch=2, context=4096, image_tokens=768)
+    assert est3["cross_kv_bytes"] == 8 * 2 * 768 * (2 * 4096 * 4 + 12)
     est2 = mm.estimate_llama_memory(dict(CFG), weight_dtype="float32")
     assert est2["parameters"] > 0
     with pytest.raises(ValueError):

@@ -461,6 +461,19 @@ TEST(LlamaPresets, ShapesParametersAndMemory) {
     const auto m70 = mmca::estimate_llama_memory(c70, mmca::dtype::float16, mmca::dtype::float32, 2, 1000);
     EXPECT_EQ(m70.kv_cache_bytes, 80ll * 2 * 1000 * (2 * 1024 * 4 + 5));  // grouped-query: 8 kv heads × 128
     EXPECT_GT(m70.total_bytes(), m70.weight_bytes + m70.kv_cache_bytes);
+    EXPECT_EQ(m70.cross_kv_bytes, 0);
+    // Gated cross-attention before every 4th layer: 8 blocks of 7B, 3 images of 256 tokens per sequence.
+    auto xc = mmca::llama2_7b_config();
+    xc.cross_attention_every = 4;
+    const auto mx = mmca::estimate_llama_memory(xc, mmca::dtype::bfloat16, mmca::dtype::bfloat16, 2, 4096, 512, 768);
+    EXPECT_EQ(mx.cross_kv_bytes, 8ll * 2 * 768 * (2 * 4096 * 4 + 12));
+    EXPECT_EQ(mx.total_bytes(), mx.weight_bytes + mx.norm_copy_bytes + mx.kv_cache_bytes + mx.cross_kv_bytes +
+                                    mx.activation_bytes + mx.logits_last_bytes);
+    // The default counts every context token as a possible image token.
+    EXPECT_EQ(mmca::estimate_llama_memory(xc, mmca::dtype::bfloat16, mmca::dtype::bfloat16, 1, 1000).cross_kv_bytes,
+              8ll * 1000 * (2 * 4096 * 4 + 12));
+    EXPECT_THROW(mmca::estimate_llama_memory(xc, mmca::dtype::bfloat16, mmca::dtype::bfloat16, 1, 1000, 512, 1001),
+                 mmca::invalid_argument);
     EXPECT_THROW(mmca::llama_preset("llama3-8b"), mmca::invalid_argument);
     EXPECT_THROW(mmca::estimate_llama_memory(mmca::llama2_7b_config(), mmca::dtype::float32, mmca::dtype::float32, 0),
                  mmca::invalid_argument);

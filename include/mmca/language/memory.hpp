@@ -6,8 +6,11 @@
 //
 // Counts what llama_model holds: the weight matrices in their stored dtype (mapped, not copied),
 // float32 copies of norm weights, the per-layer KV caches (plus their token metadata), and the
-// float32 scratch of a forward call over `prefill_tokens` rows per sequence. Logits are the caller's
-// buffer and are reported apart (one row per sequence for logits_mode::last, all rows for all).
+// float32 scratch of a forward call over `prefill_tokens` rows per sequence, and, when the config has
+// gated cross-attention blocks, the image keys and values each block keeps (float32 K and V of width
+// Hkv·D, a position and an image id per image token) for `image_tokens` image tokens per sequence
+// (default: the whole context, the upper bound). Logits are the caller's buffer and are reported
+// apart (one row per sequence for logits_mode::last, all rows for all).
 #pragma once
 
 #include "mmca/core/dtype.hpp"
@@ -23,13 +26,14 @@ struct llama_memory_estimate {
     std::int64_t weight_bytes = 0;         ///< weights in the stored dtype (the mapped checkpoint)
     std::int64_t norm_copy_bytes = 0;      ///< float32 copies of norm weights
     std::int64_t kv_cache_bytes = 0;       ///< K and V of every layer for batch × context tokens, plus metadata
+    std::int64_t cross_kv_bytes = 0;       ///< image K and V of the cross-attention blocks (batch × image_tokens)
     std::int64_t activation_bytes = 0;     ///< scratch of one forward call of batch × prefill_tokens rows
     std::int64_t logits_last_bytes = 0;    ///< logits of one row per sequence (float32)
     std::int64_t logits_all_bytes = 0;     ///< logits of every prefill row (float32)
 
     /// Weights + caches + scratch + last-row logits: the resident size of a generating model.
     std::int64_t total_bytes() const {
-        return weight_bytes + norm_copy_bytes + kv_cache_bytes + activation_bytes + logits_last_bytes;
+        return weight_bytes + norm_copy_bytes + kv_cache_bytes + cross_kv_bytes + activation_bytes + logits_last_bytes;
     }
 };
 
@@ -38,13 +42,16 @@ inline std::int64_t dtype_bytes(dtype t) { return t == dtype::float32 ? 4 : 2; }
 /// Memory of a llama_model<KV> with weights stored as `weights` and a KV cache of dtype `kv`.
 inline llama_memory_estimate estimate_llama_memory(const llama_config& c, dtype weights, dtype kv,
                                                    std::int64_t batch = 1, std::int64_t context = 0,
-                                                   std::int64_t prefill_tokens = 512) {
+                                                   std::int64_t prefill_tokens = 512, std::int64_t image_tokens = -1) {
     const char* where = "mmca::estimate_llama_memory";
     c.validate(where);
     if (context == 0) context = c.max_positions;
     MMCA_CHECK_ARG(batch > 0, where, "batch", detail::to_text(batch), "a positive number");
     MMCA_CHECK_ARG(context > 0, where, "context", detail::to_text(context), "a positive number (0: max positions)");
     MMCA_CHECK_ARG(prefill_tokens > 0, where, "prefill_tokens", detail::to_text(prefill_tokens), "a positive number");
+    if (image_tokens < 0) image_tokens = context;
+    MMCA_CHECK_ARG(image_tokens <= context, where, "image_tokens", detail::to_text(image_tokens),
+                   "at most the context (" + detail::to_text(context) + "; -1: the context)");
     const std::int64_t H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size, D = c.head_dim();
     const std::int64_t Wq = c.num_heads * D, Wkv = c.num_kv_heads * D, Ic = c.cross_intermediate();
     const std::int64_t layer_matrices = Wq * H + 2 * Wkv * H + H * Wq + 3 * H * I;
@@ -59,6 +66,8 @@ inline llama_memory_estimate estimate_llama_memory(const llama_config& c, dtype 
     m.norm_copy_bytes = norms * 4;
     // K and V (dtype kv) plus token type (1 byte) and image id (4 bytes) per cached position.
     m.kv_cache_bytes = c.num_layers * batch * context * (2 * Wkv * dtype_bytes(kv) + 5);
+    // Cross-attention blocks: float32 K and V plus a position (8 bytes) and image id (4) per image token.
+    m.cross_kv_bytes = nc * batch * image_tokens * (2 * Wkv * 4 + 12);
     const std::int64_t N = batch * prefill_tokens;
     // hidden, xn, proj (H each), q + qh + ah (Wq each), k, v, kh, vh (Wkv each), gate + up (I each),
     // plus the input copy when cross blocks exist, and RoPE cos/sin (D/2 each).
