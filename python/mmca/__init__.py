@@ -23,14 +23,22 @@ Conventions (docs/python.md):
 from ._core import (
     KVCache,
     LlamaModel,
+    Projector,
     SafetensorsFile,
     estimate_llama_memory,
     llama_preset,
     read_llama_config,
     __version__,
     attention,
+    decode_image,
     default_num_threads,
+    image_hash,
+    image_preset,
+    image_presets,
     impls,
+    load_image,
+    preprocess_image,
+    resize_image,
     kv_dtypes,
     policies,
     variants,
@@ -39,15 +47,38 @@ from ._core import (
 __all__ = [
     "KVCache",
     "LlamaModel",
+    "Projector",
     "SafetensorsFile",
     "estimate_llama_memory",
     "llama_preset",
     "read_llama_config",
     "__version__",
     "attention",
+    "decode_image",
     "default_num_threads",
+    "image_hash",
+    "image_preset",
+    "image_presets",
     "impls",
+    "load_image",
+    "preprocess_image",
+    "resize_image",
     "kv_dtypes",
     "policies",
     "variants",
 ]
+
+# The text side of the chat pipeline (docs/chat.md): tokenizer, conversation template, data blending.
+from ._core import Tokenizer, blend, render_conversation, tokenize_conversation  # noqa: E402
+
+__all__ += ["Tokenizer", "blend", "render_conversation", "tokenize_conversation"]
+
+# The vision encoders (docs/vision.md): QWen-VL ViT and HF CLIP vision towers.
+from ._core import ClipViT, QwenViT, bicubic_resize_table, clip_vit_preset, sincos_2d  # noqa: E402
+
+__all__ += ["ClipViT", "QwenViT", "bicubic_resize_table", "clip_vit_preset", "sincos_2d"]
+
+# The assembled visual-chat model (docs/vision.md): encoder + projector + LLaMa decoder.
+from ._core import VisualChatModel  # noqa: E402
+
+__all__ += ["VisualChatModel"]

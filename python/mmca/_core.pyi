@@ -233,6 +233,44 @@ class LlamaModel:
         conversation, then generates until EOS or max_new_tokens (temperature 0: greedy).
         Returns (tokens, reason) with reason 'eos', 'max_new_tokens' or 'context_full'."""
 
+class Projector:
+    """A projector from image features to the language model's width (SPEC §4: 'baseline', 'vit',
+    'perceiver'), read from a safetensors checkpoint by the reference model's tensor names."""
+
+    def __init__(
+        self,
+        path: str,
+        prefix: str = "projection.",
+        kind: str = "auto",
+        *,
+        input_tokens: Optional[int] = None,
+        has_cls: bool = False,
+        heads: int = 0,
+        vit_heads: int = 16,
+        vit_act: str = "gelu",
+        vit_eps: float = 1e-5,
+        num_threads: int = 0,
+    ) -> None: ...
+    @property
+    def kind(self) -> str:
+        """'baseline', 'vit' or 'perceiver'."""
+    @property
+    def vision_dim(self) -> int:
+        """Width of the image features (Dv)."""
+    @property
+    def hidden(self) -> int:
+        """Width of the output rows (H)."""
+    @property
+    def num_threads(self) -> int:
+        """Threads per call (0: the default)."""
+    @property
+    def config(self) -> Dict[str, Any]:
+        """The projector's config as a dict."""
+    def output_tokens(self, input_tokens: int) -> int:
+        """Rows out per image for input_tokens rows in (T for baseline/vit, Q for perceiver)."""
+    def project(self, x: NDArray[np.float32], *, out: Optional[NDArray[np.float32]] = None) -> NDArray[np.float32]:
+        """Projects image features x (N, T, Dv) float32 to (N, T', H) float32 (written into out when given)."""
+
 class SafetensorsFile:
     """A safetensors file, memory-mapped and validated on opening; tensor(name) is a read-only
     zero-copy numpy view (bfloat16 as uint16 bit patterns) that keeps the file open."""
@@ -262,5 +300,343 @@ def estimate_llama_memory(
     batch: int = 1,
     context: int = 0,
     prefill_tokens: int = 512,
+    image_tokens: int = -1,
 ) -> Dict[str, int]:
     """Bytes a model and its KV cache need (a preset name or config dict), before loading anything."""
+
+# Images (bind_image.cpp; docs/vision.md, "Images").
+
+image_presets: Tuple[str, ...]
+"""Preprocessing presets: ('visualchat-448', 'qwen-vl-448', 'clip-224', 'clip-336')."""
+
+import os
+
+UInt8Array = npt.NDArray[np.uint8]
+PathLike = Union[str, "os.PathLike[str]"]
+
+def load_image(path: PathLike) -> UInt8Array:
+    """Decode a JPEG or PNG file into (H, W, 3) uint8 RGB, as PIL's Image.open(path).convert("RGB").
+
+    PNG results equal PIL's exactly; JPEG results differ by a few levels (different decoders).
+
+    Raises:
+        TypeError: path is not a str or os.PathLike.
+        ValueError: a missing or unreadable file, data that is not a complete JPEG/PNG (the
+            message names the path and the decoder's reason), or a zero-sized image.
+    """
+
+def decode_image(data: Union[bytes, bytearray, memoryview, UInt8Array]) -> UInt8Array:
+    """Decode a JPEG or PNG held in memory into (H, W, 3) uint8 RGB (as load_image).
+
+    Raises:
+        TypeError: data is not a buffer of bytes.
+        ValueError: data that is not a complete JPEG/PNG, or a zero-sized image.
+    """
+
+def resize_image(image: UInt8Array, height: int, width: int, *, num_threads: int = 0) -> UInt8Array:
+    """Resize (H, W, 3) uint8 pixels with PIL's bicubic resampling; equal to Pillow 9.4's
+    Image.resize((width, height), Image.BICUBIC) bit for bit.
+
+    Raises:
+        TypeError: image is not a uint8 numpy array.
+        ValueError: a bad shape, layout or size.
+    """
+
+def preprocess_image(
+    image: Union[UInt8Array, PathLike],
+    preset: str = "visualchat-448",
+    *,
+    mode: Optional[str] = None,
+    size: Optional[int] = None,
+    crop: Optional[Union[int, Tuple[int, int]]] = None,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    num_threads: int = 0,
+    out: Optional[Float32Array] = None,
+) -> Float32Array:
+    """RGB pixels (H, W, 3) uint8, or an image file, to the normalised (3, H, W) float32 encoder input.
+
+    Args:
+        image: (H, W, 3) uint8 C-contiguous array (used in place), or a path.
+        preset: one of image_presets; the keywords below override its options.
+        mode: 'shortest_edge_crop' (shorter side to size, long side int(size * long / short),
+            then a centre crop at ((h - ch) // 2, (w - cw) // 2), as transformers'
+            CLIPImageProcessor) or 'direct_square' (size x size, as QWen-VL).
+        size: shorter side, or the side of the square; without crop, the crop becomes size x size.
+        crop: int or (height, width) of the centre crop.
+        mean, std: 3 numbers each (R, G, B), for pixels rescaled to [0, 1].
+        num_threads: threads of the resize; 0 means default_num_threads().
+        out: float32, C-contiguous, writeable (3, H, W) array written in place and returned.
+
+    Raises:
+        TypeError: image is neither a uint8 array nor a path; out of the wrong dtype.
+        ValueError: a bad shape or layout, an unknown preset or mode, a non-positive size or
+            crop, std <= 0, or a file that cannot be decoded.
+    """
+
+def image_hash(image: UInt8Array) -> int:
+    """64-bit FNV-1a of the height, width (8 little-endian bytes each) and pixels of (H, W, 3) uint8."""
+
+def image_preset(name: str) -> Dict[str, Any]:
+    """The options of a preset: mode, size, crop (h, w), mean, std, output_size (h, w)."""
+
+# --- The text side of the chat pipeline (bind_text.cpp, docs/chat.md) ---------------------------
+
+import os
+from typing import Callable
+
+Round = Union[Dict[str, Any], Tuple[str, str], Tuple[str, str, int]]
+
+class Tokenizer:
+    """LLaMa SentencePiece tokenizer with the added tokens '### Image:' (base_vocab_size + 0),
+    '<image>' (+1) and '<PAD>' (+2), matched as whole pieces before SentencePiece sees the text.
+    Padding uses EOS (pad_id == eos_id)."""
+
+    def __init__(self, path: Union[str, "os.PathLike[str]"], *, strip_whitespace_around_added_tokens: bool = False) -> None:
+        """Loads a SentencePiece model (LLaMa's tokenizer.model); ValueError when it cannot."""
+    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> List[int]:
+        """Token ids of text; BOS first / EOS last when asked."""
+    def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:
+        """Text of ids (byte pieces joined into UTF-8); BOS/EOS/'<PAD>' dropped with skip_special."""
+    def id_to_piece(self, id: int) -> str:
+        """The piece of an id."""
+    def piece_to_id(self, piece: str) -> int:
+        """The id of a piece or added token, or -1."""
+    @property
+    def vocab_size(self) -> int:
+        """Pieces plus the 3 added tokens (32003 for LLaMa)."""
+    @property
+    def base_vocab_size(self) -> int:
+        """SentencePiece pieces (32000 for LLaMa)."""
+    @property
+    def bos_id(self) -> int: ...
+    @property
+    def eos_id(self) -> int: ...
+    @property
+    def unk_id(self) -> int: ...
+    @property
+    def pad_id(self) -> int:
+        """Padding id: EOS."""
+    @property
+    def image_header_id(self) -> int:
+        """Id of '### Image:'."""
+    @property
+    def image_id(self) -> int:
+        """Id of '<image>'."""
+    @property
+    def pad_token_id(self) -> int:
+        """Id of '<PAD>'."""
+
+def render_conversation(
+    rounds: Sequence[Round],
+    *,
+    system_prompt: bool = True,
+    numbering: str = "string_level",
+    first_image_number: int = 1,
+) -> str:
+    """The text of a conversation in the DeepSpeed-VisualChat template (SPEC §6).
+
+    Args:
+        rounds: dicts {'question': str, 'answer': str, 'images': int} (the rounds of mmca.blend's
+            output) or (question, answer[, images]) tuples.
+        system_prompt: start the first round with the system prompt.
+        numbering: 'string_level' ('### Image N:' in the text) or 'token_level' (bare '### Image:').
+        first_image_number: N of the first image.
+    """
+
+def tokenize_conversation(
+    tokenizer: Tokenizer,
+    rounds: Sequence[Round],
+    *,
+    system_prompt: bool = True,
+    numbering: str = "string_level",
+    first_image_number: int = 1,
+) -> Dict[str, Any]:
+    """Token ids and labels: per round BOS, instruction, answer, EOS; labels -100 except on the
+    answer and its EOS. Returns input_ids (L,) int32, labels (L,) int32, image_positions
+    (num_images,) int64, round_starts (rounds,) int64 and num_images (int)."""
+
+def blend(
+    llava_files: Sequence[Union[str, "os.PathLike[str]"]],
+    output: Union[str, "os.PathLike[str]"],
+    *,
+    mode: str = "random_concat",
+    cgd_file: Optional[Union[str, "os.PathLike[str]"]] = None,
+    image_root: Optional[Union[str, "os.PathLike[str]"]] = None,
+    max_group: int = 3,
+    seed: int = 0,
+    split_seed: int = 1234,
+    eval_fraction: float = 0.1,
+    style: str = "random",
+    followup: bool = False,
+    max_images: int = 8,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> Dict[str, int]:
+    """Multi-image multi-round training data from LLaVA (and MIMIC-IT CGD) files (SPEC §7); the
+    formats are in docs/chat.md. The output is written to a temporary file and renamed when
+    complete. Returns the counts samples_read, samples_written, train_samples, eval_samples,
+    skipped_malformed, skipped_missing_image, skipped_too_many_images, skipped_no_conversation."""
+
+class QwenViT:
+    """The QWen-VL vision encoder (SPEC §3) from a safetensors checkpoint: images (N, 3, S, S) ->
+    features (N, Q, E) (QWen-VL: S 448, Q 256, E 4096). Widths, patch size, layers, position grid and
+    queries come from the tensor shapes; heads, pool_heads (0: E / 128), image_size and eps from here."""
+
+    def __init__(
+        self,
+        path: str,
+        prefix: str = "vis_encoder.",
+        *,
+        image_size: int = 448,
+        heads: int = 16,
+        pool_heads: int = 0,
+        eps: float = 1e-6,
+        num_threads: int = 0,
+    ) -> None: ...
+    @property
+    def config(self) -> Dict[str, Any]:
+        """The encoder's shape as a dict (tokens: patch tokens per image)."""
+    @property
+    def image_size(self) -> int:
+        """Input side S in pixels."""
+    @property
+    def output_shape(self) -> Tuple[int, int]:
+        """(Q, E): the features of one image."""
+    @property
+    def num_threads(self) -> int:
+        """Threads per call (0: the default)."""
+    @num_threads.setter
+    def num_threads(self, value: int) -> None: ...
+    def encode(self, images: Float32Array, *, out: Optional[Float32Array] = None) -> Float32Array:
+        """Features (N, Q, E) float32 of normalised images (N, 3, S, S) float32 (C-contiguous, never copied)."""
+
+class ClipViT:
+    """The vision tower of HF CLIP (CLIPVisionModel) from a safetensors checkpoint: images (N, C, S, S)
+    -> hidden states (N, 1 + (S/P)², W), CLS row first. config: None (shapes from the tensors, heads
+    hidden_size / 64, eps 1e-5, quick_gelu), a preset name, a config.json path or a dict of HF keys."""
+
+    def __init__(
+        self,
+        path: str,
+        prefix: str = "vision_model.",
+        *,
+        config: Union[None, str, Dict[str, Any]] = None,
+        num_threads: int = 0,
+    ) -> None: ...
+    @property
+    def config(self) -> Dict[str, Any]:
+        """The tower's config as a dict (HF key names; tokens: 1 + (S/P)²)."""
+    @property
+    def image_size(self) -> int:
+        """Input side S in pixels."""
+    @property
+    def num_threads(self) -> int:
+        """Threads per call (0: the default)."""
+    @num_threads.setter
+    def num_threads(self, value: int) -> None: ...
+    def encode(
+        self, images: Float32Array, output: str = "last_hidden_state", *, out: Optional[Float32Array] = None
+    ) -> Float32Array:
+        """Hidden states (N, 1 + (S/P)², W) float32: 'last_hidden_state' (the last layer's output, no
+        post_layernorm) or 'penultimate' (hidden_states[-2], one layer less is run)."""
+
+def clip_vit_preset(name: str) -> Dict[str, Any]:
+    """The config of 'vit-l-14-224' or 'vit-l-14-336' as a dict (HF key names)."""
+
+def sincos_2d(grid: int, dim: int) -> Float32Array:
+    """The (grid², dim) 2D sin-cos table (SPEC §3): row r·grid + c is [sin(c·ω), cos(c·ω), sin(r·ω),
+    cos(r·ω)] with ω_i = 10000^(−i/(dim/4))."""
+
+def bicubic_resize_table(table: Float32Array, grid_out: int) -> Float32Array:
+    """A (g², D) float32 position table resampled to (grid_out², D) as F.interpolate(mode="bicubic",
+    align_corners=False) does on its (D, g, g) image."""
+
+# The visual-chat model (bind_visual_chat.cpp; docs/vision.md, "The visual-chat model").
+
+class VisualChatModel:
+    """Encoder (QWen-VL ViT or CLIP) + projector + LLaMa-2 decoder from one checkpoint with the
+    reference names (vis_encoder.*, projection.*, lang_decoder.*, lang_embed.weight)."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        config: str = "",
+        variant: str = "mmca",
+        policy: Optional[str] = None,
+        kv_dtype: str = "float32",
+        batch: int = 1,
+        context: int = 0,
+        image_token_id: int = 32001,
+        max_images: int = 8,
+        image_order: str = "in_order",
+        image_cache: int = 32,
+        clip_layer: str = "last_hidden_state",
+        image_size: int = 0,
+        vision_heads: int = 0,
+        pool_heads: int = 0,
+        projector_heads: int = 0,
+        projector_layer_heads: int = 0,
+        projector_act: str = "gelu",
+        num_threads: int = 0,
+    ) -> None: ...
+    @property
+    def image_size(self) -> int: ...
+    @property
+    def tokens_per_image(self) -> int: ...
+    @property
+    def hidden_size(self) -> int: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def batch(self) -> int: ...
+    @property
+    def context(self) -> int: ...
+    @property
+    def image_token_id(self) -> int: ...
+    @property
+    def encoder(self) -> str:
+        """'qwen_vit' or 'clip_vit'."""
+    @property
+    def projector(self) -> str:
+        """'baseline', 'vit' or 'perceiver'."""
+    @property
+    def images_embedded(self) -> int:
+        """Images run through the vision tower so far (cache hits do not count)."""
+    @property
+    def cached_images(self) -> int: ...
+    @property
+    def images_in_context(self) -> int: ...
+    @property
+    def length(self) -> int:
+        """Tokens cached for sequence 0 (after splicing)."""
+    def embed_images(self, images: NDArray[np.float32]) -> NDArray[np.float32]:
+        """(n, T, H): the projector's rows of preprocessed images (n, 3, S, S)."""
+    def forward(
+        self,
+        ids: Sequence[ArrayLike],
+        images: Optional[Sequence[Optional[NDArray[np.float32]]]] = None,
+        labels: Optional[Sequence[ArrayLike]] = None,
+    ) -> Dict[str, Any]:
+        """Runs up to `batch` sequences from scratch: logits (B, L, V), loss, count, lengths,
+        token_types, image_ids, labels of the spliced sequences."""
+    def append(self, ids: ArrayLike, images: Optional[NDArray[np.float32]] = None) -> NDArray[np.float32]:
+        """Appends a chunk to the cache; the last token's logits (V,)."""
+    def chat(
+        self,
+        ids: ArrayLike,
+        images: Optional[NDArray[np.float32]] = None,
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        eos_ids: Optional[List[int]] = None,
+        on_token: Optional[Callable[[int], bool]] = None,
+    ) -> Tuple[List[int], str]:
+        """One chat round on the cache; returns (tokens, stop reason)."""
+    def reset(self) -> None:
+        """Forgets the conversation (the image cache stays)."""
+    def clear_image_cache(self) -> None: ...

@@ -13,6 +13,7 @@
 //   "<function>: argument '<name>': got <seen>; expected <expected>"
 #pragma once
 
+#include "mmca/language/generation.hpp"
 #include "mmca/mmca.hpp"
 
 #include <pybind11/numpy.h>
@@ -259,6 +260,26 @@ inline mmca::attention_options parse_attention_options(const char* where, const 
                           "a number of threads >= 1, or 0 for mmca.default_num_threads()");
     options.num_threads = num_threads;
     return options;
+}
+
+/// Generation settings of the chat methods (max_new_tokens, temperature, top_k, top_p,
+/// repetition_penalty, seed, eos_ids), checked; bad values raise ValueError naming the argument.
+inline mmca::generation_options parse_generation_options(const char* where, std::int64_t max_new_tokens,
+                                                         float temperature, std::int64_t top_k, float top_p,
+                                                         float repetition_penalty, std::uint64_t seed,
+                                                         const std::optional<std::vector<std::int32_t>>& eos_ids) {
+    mmca::generation_options g;
+    if (max_new_tokens < 0)
+        raise_value_error(where, "max_new_tokens", std::to_string(max_new_tokens), "a count >= 0");
+    g.max_new_tokens = max_new_tokens;
+    g.sampling.temperature = temperature;
+    g.sampling.top_k = top_k;
+    g.sampling.top_p = top_p;
+    g.sampling.repetition_penalty = repetition_penalty;
+    g.sampling.seed = seed;
+    if (eos_ids) g.eos_ids = *eos_ids;
+    rethrow_as(where, [&] { g.sampling.validate(where); return 0; });
+    return g;
 }
 
 /// The attention implementation from its name ('fused' or 'reference').

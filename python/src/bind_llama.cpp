@@ -235,15 +235,8 @@ py::array embed(llama_object& self, py::handle ids) {
 py::tuple chat(llama_object& self, const std::vector<std::int32_t>& prompt, std::int64_t max_new_tokens,
                float temperature, std::int64_t top_k, float top_p, float repetition_penalty, std::uint64_t seed,
                const std::optional<std::vector<std::int32_t>>& eos_ids) {
-    mmca::generation_options g;
-    g.max_new_tokens = max_new_tokens;
-    g.sampling.temperature = temperature;
-    g.sampling.top_k = top_k;
-    g.sampling.top_p = top_p;
-    g.sampling.repetition_penalty = repetition_penalty;
-    g.sampling.seed = seed;
-    if (eos_ids) g.eos_ids = *eos_ids;
-    g.sampling.validate("mmca.LlamaModel.chat");
+    const mmca::generation_options g = parse_generation_options("mmca.LlamaModel.chat", max_new_tokens, temperature,
+                                                                top_k, top_p, repetition_penalty, seed, eos_ids);
     mmca::generation_result r;
     {
         py::gil_scoped_release release;

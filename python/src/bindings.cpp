@@ -39,4 +39,9 @@ PYBIND11_MODULE(_core, m) {
     mmca::python::register_attention(m);
     mmca::python::register_kv_cache(m);
     mmca::python::bind_llama(m);
+    mmca::python::register_text(m);
+    mmca::python::register_image(m);
+    mmca::python::register_projector(m);
+    mmca::python::register_visual_chat(m);
+    mmca::python::register_vision(m);
 }

@@ -14,4 +14,19 @@ void register_kv_cache(pybind11::module_& m);
 /// mmca.LlamaModel, mmca.SafetensorsFile, presets and memory estimates (bind_llama.cpp).
 void bind_llama(pybind11::module_& m);
 
+/// mmca.Tokenizer, mmca.render_conversation, mmca.tokenize_conversation, mmca.blend (bind_text.cpp).
+void register_text(pybind11::module_& m);
+
+/// mmca.load_image, decode_image, resize_image, preprocess_image, image_hash, image presets (bind_image.cpp).
+void register_image(pybind11::module_& m);
+
+/// mmca.Projector (bind_projector.cpp).
+void register_projector(pybind11::module_& m);
+
+/// mmca.VisualChatModel (bind_visual_chat.cpp).
+void register_visual_chat(pybind11::module_& m);
+
+/// mmca.QwenViT, mmca.ClipViT, mmca.clip_vit_preset (bind_vision.cpp).
+void register_vision(pybind11::module_& m);
+
 }  // namespace mmca::python

@@ -30,9 +30,10 @@ struct llama_storage {
 
 namespace detail {
 
+/// The tensor `name` of exactly `shape` in F32/F16/BF16; errors name `where` as the function.
 inline const tensor_info& checked_tensor(const checkpoint& ckpt, const std::string& name,
-                                         const std::vector<std::int64_t>& shape) {
-    const char* where = "mmca::io::load_llama_weights";
+                                         const std::vector<std::int64_t>& shape,
+                                         const char* where = "mmca::io::load_llama_weights") {
     const tensor_info* t = ckpt.find(name);
     if (!t)
         throw invalid_argument(where, "checkpoint", "no tensor '" + name + "' in " + ckpt.describe(),
@@ -58,8 +59,8 @@ inline const void* aligned_data(const tensor_info& t, llama_storage* storage) {
 }
 
 inline nn::matrix_ref matrix(const checkpoint& ckpt, const std::string& name, std::int64_t rows, std::int64_t cols,
-                             llama_storage* storage) {
-    const tensor_info& t = checked_tensor(ckpt, name, {rows, cols});
+                             llama_storage* storage, const char* where = "mmca::io::load_llama_weights") {
+    const tensor_info& t = checked_tensor(ckpt, name, {rows, cols}, where);
     return nn::matrix_ref{t.storage_type(), aligned_data(t, storage), rows, cols};
 }
 
@@ -74,13 +75,15 @@ inline std::vector<float> widened(const tensor_info& t) {
     return out;
 }
 
-inline std::vector<float> vector(const checkpoint& ckpt, const std::string& name, std::int64_t n) {
-    return widened(checked_tensor(ckpt, name, {n}));
+inline std::vector<float> vector(const checkpoint& ckpt, const std::string& name, std::int64_t n,
+                                 const char* where = "mmca::io::load_llama_weights") {
+    return widened(checked_tensor(ckpt, name, {n}, where));
 }
 
 /// An optional bias: empty when absent, checked when present.
-inline std::vector<float> optional_vector(const checkpoint& ckpt, const std::string& name, std::int64_t n) {
-    return ckpt.find(name) ? vector(ckpt, name, n) : std::vector<float>{};
+inline std::vector<float> optional_vector(const checkpoint& ckpt, const std::string& name, std::int64_t n,
+                                          const char* where = "mmca::io::load_llama_weights") {
+    return ckpt.find(name) ? vector(ckpt, name, n, where) : std::vector<float>{};
 }
 
 /// A scalar stored as shape [] or [1].

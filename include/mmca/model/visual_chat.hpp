@@ -22,6 +22,7 @@
 #pragma once
 
 #include "mmca/core/error.hpp"
+#include "mmca/core/hash.hpp"
 #include "mmca/core/tensor.hpp"
 #include "mmca/language/generation.hpp"
 #include "mmca/language/model.hpp"
@@ -61,16 +62,6 @@ inline const char* to_string(image_order o) { return o == image_order::reverse ?
 
 /// Label value of rows that are not supervised.
 inline constexpr std::int32_t ignore_label = -100;
-
-/// 64-bit FNV-1a hash of n bytes.
-inline std::uint64_t fnv1a64(const void* data, std::size_t n, std::uint64_t h = 0xcbf29ce484222325ull) {
-    const auto* p = static_cast<const unsigned char*>(data);
-    for (std::size_t i = 0; i < n; ++i) {
-        h ^= p[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
 
 /// One sequence after the splice.
 struct spliced_sequence {
@@ -210,6 +201,10 @@ public:
                        "a token id of the vocabulary [0, " + to_text(lm_.config().vocab_size) + ")");
         images_in_cache_.assign(static_cast<std::size_t>(lm_.batch()), 0);
     }
+
+    // The generator refers to the language model: the object stays where it was made.
+    visual_chat_model(const visual_chat_model&) = delete;
+    visual_chat_model& operator=(const visual_chat_model&) = delete;
 
     llama_model<KV>& language() { return lm_; }
     const llama_model<KV>& language() const { return lm_; }

@@ -18,6 +18,7 @@
 #include "mmca/core/error.hpp"
 #include "mmca/core/tensor.hpp"
 #include "mmca/core/threading.hpp"
+#include "mmca/nn/linear.hpp"
 
 #include <Eigen/Core>
 
@@ -63,6 +64,7 @@ inline void dense_attention(const head_matrix& q, const head_matrix& k, const he
     MMCA_CHECK_ARG(out.shape[0] == q.rows && out.shape[1] == heads * head_dim && out.inner_contiguous(), where, "out",
                    out.shape_text(), "(" + to_text(q.rows) + ", " + to_text(heads * head_dim) + ") with contiguous rows");
 
+    detail::eigen_products_on_calling_thread();
     using matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     using cmap = Eigen::Map<const matrix, 0, Eigen::OuterStride<>>;
     using map = Eigen::Map<matrix, 0, Eigen::OuterStride<>>;

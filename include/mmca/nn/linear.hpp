@@ -72,6 +72,21 @@ decltype(auto) dispatch_dtype(dtype t, F&& f) {
 
 namespace detail {
 
+/// Makes Eigen's matrix products run on the calling thread (process-wide, once). Built with OpenMP,
+/// Eigen otherwise splits a product over all OpenMP threads whenever it is called outside a parallel
+/// region, as the bodies of parallel_for are when it runs on one thread: a call asked for one thread
+/// would use them all, and a row's result would depend on how Eigen split the product (on the number
+/// of other rows). mmca spreads its work itself (parallel_for).
+inline void eigen_products_on_calling_thread() {
+#if defined(_OPENMP) && !defined(EIGEN_DONT_PARALLELIZE)
+    static const bool done = [] {
+        Eigen::setNbThreads(1);
+        return true;
+    }();
+    (void)done;
+#endif
+}
+
 /// Number of activation rows up to which linear_forward uses the matrix-vector kernel.
 inline constexpr std::int64_t gemv_max_rows = 8;
 /// Weight rows per GEMM panel (and per work item of the matrix-vector kernel: gemv_block).
@@ -215,6 +230,7 @@ inline void linear_forward(tensor_ref<const float, 2> x, const matrix_ref& weigh
                    "(N, " + to_text(weight.cols) + ") with contiguous rows (weight is " + weight.shape_text() + ")");
     MMCA_CHECK_ARG(y.shape[0] == x.shape[0] && y.shape[1] == weight.rows && y.inner_contiguous(), where, "y",
                    y.shape_text(), "(" + to_text(x.shape[0]) + ", " + to_text(weight.rows) + ") with contiguous rows");
+    detail::eigen_products_on_calling_thread();
     dispatch_dtype(weight.type, [&](auto tag) {
         using T = decltype(tag);
         detail::linear_typed<T>(x, weight.as<T>(), weight.rows, weight.cols, bias, y, num_threads);
