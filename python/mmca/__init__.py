@@ -82,3 +82,6 @@ __all__ += ["ClipViT", "QwenViT", "bicubic_resize_table", "clip_vit_preset", "si
 from ._core import VisualChatModel  # noqa: E402
 
 __all__ += ["VisualChatModel"]
+from ._core import ChatSession  # noqa: E402
+
+__all__ += ["ChatSession"]

@@ -6,6 +6,7 @@
 #include "array_args.hpp"
 #include "bindings.hpp"
 
+#include "mmca/chat/session.hpp"
 #include "mmca/model/visual_chat_loader.hpp"
 
 #include <pybind11/functional.h>
@@ -39,6 +40,7 @@ public:
         std::lock_guard<std::mutex> lock(mutex_);
         return visit(std::forward<F>(f));
     }
+    std::mutex& mutex() { return mutex_; }
 
 private:
     std::variant<std::unique_ptr<mmca::visual_chat_model<float>>, std::unique_ptr<mmca::visual_chat_model<mmca::float16>>,
@@ -209,7 +211,7 @@ py::array append(visual_chat_object& self, py::handle ids, py::object images) {
 py::tuple chat_round(visual_chat_object& self, py::handle ids, py::object images, std::int64_t max_new_tokens,
                      float temperature, std::int64_t top_k, float top_p, float repetition_penalty, std::uint64_t seed,
                      const std::optional<std::vector<std::int32_t>>& eos_ids,
-                     const std::optional<std::function<bool(std::int32_t)>>& on_token) {
+                     const std::optional<std::function<py::object(std::int32_t)>>& on_token) {
     const char* where = "mmca.VisualChatModel.chat";
     const auto t = token_list(ids, where, "ids");
     auto [keep, view] = image_batch(images, where, "images");
@@ -220,7 +222,7 @@ py::tuple chat_round(visual_chat_object& self, py::handle ids, py::object images
         // The callback runs Python: take the GIL for it; a Python exception ends the round and is re-raised.
         stream = [&](std::int32_t id) {
             py::gil_scoped_acquire acquire;
-            return (*on_token)(id);
+            return (*on_token)(id).ptr() != Py_False;  // only an explicit False stops
         };
     }
     mmca::generation_result r;
@@ -229,6 +231,113 @@ py::tuple chat_round(visual_chat_object& self, py::handle ids, py::object images
         r = self.locked([&](auto& m) { return m.round(t, view, g, stream); });
     }
     return py::make_tuple(py::cast(r.tokens), mmca::to_string(r.reason));
+}
+
+/// mmca.ChatSession: a conversation on a VisualChatModel (which it keeps alive, with the tokenizer).
+class chat_session_object {
+public:
+    chat_session_object(py::object model, py::object tok, mmca::chat_session_options options)
+        : model_obj_(std::move(model)), tok_obj_(std::move(tok)) {
+        auto& m = model_obj_.cast<visual_chat_object&>();
+        const auto& t = tok_obj_.cast<const mmca::text::tokenizer&>();
+        m.locked([&](auto& vm) {
+            using KV = typename std::decay_t<decltype(vm.language())>::kv_type;
+            session_ = std::make_unique<mmca::chat_session<KV>>(vm, t, options);
+        });
+    }
+    template <class F>
+    decltype(auto) locked(F&& f) {
+        std::lock_guard<std::mutex> lock(model_obj_.cast<visual_chat_object&>().mutex());
+        return std::visit([&](auto& s) -> decltype(auto) { return f(*s); }, session_);
+    }
+
+private:
+    py::object model_obj_, tok_obj_;
+    std::variant<std::unique_ptr<mmca::chat_session<float>>, std::unique_ptr<mmca::chat_session<mmca::float16>>,
+                 std::unique_ptr<mmca::chat_session<mmca::bfloat16>>>
+        session_;
+};
+
+std::unique_ptr<chat_session_object> make_session(py::object model, py::object tok, bool system_prompt,
+                                                  const std::string& numbering, const std::string& preset,
+                                                  std::int64_t max_new_tokens, float temperature, std::int64_t top_k,
+                                                  float top_p, float repetition_penalty, std::uint64_t seed,
+                                                  const std::optional<std::vector<std::int32_t>>& eos_ids) {
+    const char* where = "mmca.ChatSession";
+    if (!py::isinstance<visual_chat_object>(model))
+        raise_type_error(where, "model", python_type_text(model), "an mmca.VisualChatModel");
+    if (!py::isinstance<mmca::text::tokenizer>(tok))
+        raise_type_error(where, "tokenizer", python_type_text(tok), "an mmca.Tokenizer");
+    mmca::chat_session_options o;
+    o.conversation.system_prompt = system_prompt;
+    if (numbering == "string_level")
+        o.conversation.numbering = mmca::text::image_numbering::string_level;
+    else if (numbering == "token_level")
+        o.conversation.numbering = mmca::text::image_numbering::token_level;
+    else
+        raise_value_error(where, "numbering", "'" + numbering + "'", "'string_level' or 'token_level'");
+    o.image = rethrow_as(where, [&] { return mmca::vision::image_preset(preset); });
+    // A model whose encoder takes another image size gets the preset's resize rule at that size.
+    const std::int64_t S = model.cast<visual_chat_object&>().visit([](auto& m) { return m.tower().image_size(); });
+    if (o.image.output_size()[0] != S || o.image.output_size()[1] != S) o.image.size = o.image.crop_height = o.image.crop_width = S;
+    o.generation =
+        parse_generation_options(where, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, eos_ids);
+    return rethrow_as(where, [&] { return std::make_unique<chat_session_object>(model, tok, o); });
+}
+
+py::dict ask(chat_session_object& self, const std::string& question, py::object images,
+             const std::optional<std::function<py::object(const std::string&)>>& on_text,
+             const std::optional<std::function<void(std::int64_t, std::int64_t)>>& on_image) {
+    const char* where = "mmca.ChatSession.ask";
+    std::vector<mmca::vision::rgb_image> decoded;
+    std::vector<std::string> paths;
+    bool any_array = false;
+    if (!images.is_none()) {
+        for (py::handle item : py::iter(images)) {
+            if (py::isinstance<py::str>(item) || py::hasattr(item, "__fspath__")) {
+                paths.push_back(py::str(py::module_::import("os").attr("fspath")(item)));
+                decoded.emplace_back();
+                continue;
+            }
+            any_array = true;
+            py::array a = require_tensor(item, {where, "images", 3, "(H, W, 3)"}, py::dtype::of<std::uint8_t>(), "uint8");
+            if (a.shape(2) != 3) raise_value_error(where, "images", "shape " + shape_text(a), "(H, W, 3) RGB pixels");
+            mmca::vision::rgb_image img;
+            img.pixels = mmca::tensor<std::uint8_t, 3>({static_cast<std::size_t>(a.shape(0)),
+                                                        static_cast<std::size_t>(a.shape(1)), std::size_t{3}});
+            std::copy_n(static_cast<const std::uint8_t*>(a.data()), a.size(), img.pixels.data());
+            decoded.push_back(std::move(img));
+            paths.emplace_back();
+        }
+    }
+    std::function<bool(const std::string&)> text_cb;
+    if (on_text)
+        text_cb = [&](const std::string& piece) {
+            py::gil_scoped_acquire g;
+            return (*on_text)(piece).ptr() != Py_False;  // only an explicit False stops
+        };
+    std::function<void(std::int64_t, std::int64_t)> image_cb;
+    if (on_image) image_cb = [&](std::int64_t d, std::int64_t t) { py::gil_scoped_acquire g; (*on_image)(d, t); };
+    mmca::chat_answer a;
+    {
+        py::gil_scoped_release release;
+        a = self.locked([&](auto& s) {
+            if (!any_array) return s.ask(question, paths, text_cb, image_cb);
+            // Files are decoded first (errors before anything changes), then asked about as pixels.
+            for (std::size_t i = 0; i < paths.size(); ++i)
+                if (!paths[i].empty()) decoded[i] = mmca::vision::load_image(paths[i]);
+            return s.ask(question, decoded, text_cb, image_cb);
+        });
+    }
+    py::dict d;
+    d["text"] = a.text;
+    d["tokens"] = a.tokens;
+    d["reason"] = mmca::to_string(a.reason);
+    d["prompt_tokens"] = a.prompt_tokens;
+    d["images"] = a.images;
+    d["encode_seconds"] = a.encode_seconds;
+    d["seconds"] = a.seconds;
+    return d;
 }
 
 }  // namespace
@@ -295,10 +404,31 @@ cross-entropy; 0.0 when nothing is supervised), count, lengths, token_types, ima
              py::arg("repetition_penalty") = 1.0f, py::arg("seed") = 0, py::arg("eos_ids") = py::none(),
              py::arg("on_token") = py::none(),
              R"doc(One chat round on the cache: prefills ids and images after the conversation so far, then
-generates. on_token(id) is called for each new token (return False to stop). Returns (tokens, reason).)doc")
+generates. on_token(id) is called for each new token (returning False stops; None goes on). Returns (tokens, reason).)doc")
         .def("reset", [](visual_chat_object& s) { s.locked([](auto& m) { m.reset(); }); },
              "Forgets the conversation (the image cache stays).")
         .def("clear_image_cache", [](visual_chat_object& s) { s.locked([](auto& m) { m.clear_image_cache(); }); });
+
+    py::class_<chat_session_object>(m, "ChatSession", R"doc(
+A multi-round, multi-image conversation (SPEC §6) on a VisualChatModel with a Tokenizer: each
+ask() renders the round's template (system prompt on the first round; "### Image N:" numbered over
+the conversation), decodes and preprocesses its images (preset; a model of another image size gets
+the preset's rule at its size), and generates the answer on top of the model's KV cache. At most the model's max_images images per conversation; clear() starts over.
+)doc")
+        .def(py::init(&make_session), py::arg("model"), py::arg("tokenizer"), py::kw_only(),
+             py::arg("system_prompt") = true, py::arg("numbering") = "string_level", py::arg("preset") = "visualchat-448",
+             py::arg("max_new_tokens") = 256, py::arg("temperature") = 0.0f, py::arg("top_k") = 0, py::arg("top_p") = 1.0f,
+             py::arg("repetition_penalty") = 1.0f, py::arg("seed") = 0, py::arg("eos_ids") = py::none())
+        .def("ask", &ask, py::arg("question"), py::arg("images") = py::none(), py::kw_only(),
+             py::arg("on_text") = py::none(), py::arg("on_image") = py::none(),
+             R"doc(Answers a question about 0..n images (paths, or (H, W, 3) uint8 arrays). on_text(piece) streams
+the answer (returning False stops; None goes on); on_image(done, total) reports image encoding. Returns a dict:
+text, tokens, reason, prompt_tokens, images, encode_seconds, seconds.)doc")
+        .def("clear", [](chat_session_object& s) { s.locked([](auto& c) { c.clear(); }); },
+             "Starts a new conversation (the image cache stays).")
+        .def_property_readonly("rounds", [](chat_session_object& s) { return s.locked([](auto& c) { return c.rounds(); }); })
+        .def_property_readonly("images_shown",
+                               [](chat_session_object& s) { return s.locked([](auto& c) { return c.images_shown(); }); });
 }
 
 }  // namespace mmca::python

@@ -1,12 +1,10 @@
-"""The assembled visual-chat model (mmca.VisualChatModel) against an oracle built from code nobody
-here wrote and from SPEC: the QWen-VL ViT in plain PyTorch (qwen_vit_oracle), HF transformers
-4.33.3's CLIPVisionModel, the projectors in PyTorch (projector_oracle), the splice of SPEC §6 in
-numpy, and HF's LlamaForCausalLM under each attention variant (llama_hf_oracle). Random checkpoints
-with the reference names (SPEC §9) are written with the `safetensors` package in the test run.
+"""The assembled visual-chat model (mmca.VisualChatModel) against the oracle of
+visual_chat_oracle.py: the QWen-VL ViT in plain PyTorch, HF transformers 4.33.3's CLIPVisionModel,
+the projectors in PyTorch, the splice of SPEC §6 in numpy and HF's LlamaForCausalLM under each
+attention variant, on random checkpoints with the reference names written in the test run.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -15,135 +13,36 @@ import torch
 import torch.nn.functional as F
 
 import llama_hf_oracle as lo
-import projector_oracle as po
-import qwen_vit_oracle as qo
+import visual_chat_oracle as vo
 
 TOL = 1e-4
-S = 56             # image size: a 4×4 grid of 14-pixel patches
-VOCAB = 90
-IMAGE_TOKEN = VOCAB - 2
-H = 32             # the language model's hidden size
-
-
-def _mmca():
-    import mmca
-    return mmca
+S = vo.S
+IMAGE_TOKEN = 88
 
 
 @pytest.fixture(scope="module")
 def mm():
-    return _mmca()
+    import mmca
+    return mmca
 
 
-def _save(tensors: dict, folder: str, llama):
-    from safetensors.torch import save_file
-
-    os.makedirs(folder, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(folder, "model.safetensors"))
-    cfg = json.loads(llama.config.to_json_string())
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(cfg, f)
-    return folder
-
-
-def _language(seed: int):
-    """HF LLaMa (the oracle) and its tensors under the reference names, with a trained embedding
-    copy (lang_embed.weight) that differs from the frozen one."""
-    llama = lo.make_hf_model(seed, vocab=VOCAB, hidden=H, inter=40, layers=2, heads=4, kv_heads=2, max_pos=256)
-    t = {}
-    for k, v in llama.state_dict().items():
-        if k.endswith("rotary_emb.inv_freq"):
-            continue
-        t["lang_decoder." + k] = v.float()
-    g = torch.Generator().manual_seed(seed + 100)
-    t["lang_embed.weight"] = torch.randn(VOCAB, H, generator=g)
-    return llama, t
-
-
-def qwen_checkpoint(tmp_path, seed=0, projector="baseline", dtype=torch.float32):
-    """QWen ViT (width 64, 4 heads, 2 layers, pool 4 queries of width 48 with 2 heads) + projector + LLaMa."""
-    llama, t = _language(seed)
-    vit = qo.random_state(seed, width=64, heads=4, layers=2, mlp_width=96, pos_grid=3, output_dim=48, queries=4)
-    t.update({"vis_encoder." + k: v.to(dtype) for k, v in vit.items()})
-    module = po.make_module(projector, 48, H, queries=4, heads=2, vit_heads=4, mlp=56, act="gelu", seed=seed)
-    t.update(po.state_dict_as(module, "projection.", "f32"))
-    folder = _save(t, str(tmp_path / f"qwen_{projector}_{seed}"), llama)
-    info = dict(kind="qwen", vit=vit, proj=projector, proj_sd=po.state_dict_as(module, "projection.", "f32"),
-                lang_embed=t["lang_embed.weight"], llama=llama)
-    return folder, info
+def qwen_checkpoint(tmp_path, seed=0, projector="baseline"):
+    folder = tmp_path / f"qwen_{projector}_{seed}"
+    return str(folder), vo.qwen_checkpoint(folder, seed, projector)
 
 
 def clip_checkpoint(tmp_path, seed=0, projector="perceiver"):
-    """HF CLIP vision tower (width 64, 4 heads, 3 layers, 56 px) + projector + LLaMa."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    llama, t = _language(seed)
-    torch.manual_seed(seed)
-    cfg = CLIPVisionConfig(hidden_size=64, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
-                           image_size=S, patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5)
-    clip = CLIPVisionModel(cfg).float().eval()
-    with torch.no_grad():
-        for name, p in clip.named_parameters():
-            p.copy_((1.0 if name.endswith("norm.weight") or "layrnorm.weight" in name else 0.0)
-                    + 0.1 * torch.randn_like(p))
-    t.update({"vis_encoder." + k: v.float() for k, v in clip.state_dict().items() if not k.endswith("position_ids")})
-    module = po.make_module(projector, 64, H, queries=4, heads=2, vit_heads=4, mlp=56, act="quick_gelu", seed=seed)
-    t.update(po.state_dict_as(module, "projection.", "f32"))
-    folder = _save(t, str(tmp_path / f"clip_{projector}_{seed}"), llama)
-    info = dict(kind="clip", clip=clip, proj=projector, proj_sd=po.state_dict_as(module, "projection.", "f32"),
-                lang_embed=t["lang_embed.weight"], llama=llama)
-    return folder, info
+    folder = tmp_path / f"clip_{projector}_{seed}"
+    return str(folder), vo.clip_checkpoint(folder, seed, projector)
 
 
 def load(mm, folder, info, **kw):
-    extra = dict(image_size=S, vision_heads=4, pool_heads=2, projector_heads=2, projector_layer_heads=4,
-                 projector_act="quick_gelu" if info["kind"] == "clip" else "gelu", image_token_id=IMAGE_TOKEN)
-    extra.update(kw)
-    return mm.VisualChatModel(folder, **extra)
+    return mm.VisualChatModel(folder, **dict(vo.load_kwargs(info), **kw))
 
 
-def oracle_image_rows(info, images: np.ndarray) -> np.ndarray:
-    """(n, T, H) float64: projector(encoder(images))."""
-    x = torch.from_numpy(images)
-    with torch.no_grad():
-        if info["kind"] == "qwen":
-            feats = qo.forward(info["vit"], x, heads=4, pool_heads=2).numpy()
-            has_cls = False
-        else:
-            feats = info["clip"](pixel_values=x).last_hidden_state.double().numpy()
-            has_cls = True
-    sd = info["proj_sd"]
-    if info["proj"] == "baseline":
-        return po.baseline(feats, sd)
-    if info["proj"] == "vit":
-        return po.vit(feats, sd, heads=4, act="quick_gelu" if info["kind"] == "clip" else "gelu", eps=1e-5)
-    return po.perceiver(feats, sd, heads=2, has_cls=has_cls)
-
-
-def oracle_splice(info, ids, rows, order="in_order", first_image=0):
-    """embeddings (L', H), token types, image ids, labels position map (SPEC §6)."""
-    emb, types, img_ids, src = [], [], [], []
-    n = rows.shape[0]
-    seen = 0
-    table = info["lang_embed"].double().numpy()
-    for i, t in enumerate(ids):
-        if t == IMAGE_TOKEN:
-            k = n - 1 - seen if order == "reverse" else seen
-            emb.extend(rows[k])
-            types.extend([2] * rows.shape[1])
-            img_ids.extend([first_image + seen] * rows.shape[1])
-            src.extend([-1] * rows.shape[1])
-            seen += 1
-        else:
-            emb.append(table[t])
-            types.append(1)
-            img_ids.append(-1)
-            src.append(i)
-    return np.array(emb), np.array(types, dtype=np.int8), np.array(img_ids, dtype=np.int32), src
-
-
-def oracle_logits(info, variant, emb, types, img_ids, policy="preceding"):
-    return lo.Oracle(info["llama"], variant, policy).step(emb.astype(np.float32), types, img_ids)
+oracle_image_rows = vo.image_rows
+oracle_splice = vo.splice
+oracle_logits = vo.logits
 
 
 def images_of(n, seed):

@@ -1,7 +1,7 @@
 // mmca/vision/detail/stb_image.hpp - stb_image (Debian libstb-dev: <stb/stb_image.h>), compiled into
 // every translation unit that decodes images, so that mmca stays header-only.
 //
-// By default the implementation is compiled here with STBI_STATIC: every stbi_* function has
+// By default the implementation is compiled here with STB_IMAGE_STATIC: every stbi_* function has
 // internal linkage, so any number of translation units may include mmca's image headers without
 // duplicate symbols. Only the JPEG and PNG decoders are compiled (STBI_ONLY_JPEG, STBI_ONLY_PNG),
 // and files are read by mmca itself (STBI_NO_STDIO), which names the path in its errors.
@@ -25,7 +25,7 @@
 #if !defined(MMCA_STB_IMAGE_COMPILED)
 #define MMCA_STB_IMAGE_COMPILED 1
 
-#define STBI_STATIC
+#define STB_IMAGE_STATIC
 #define STBI_ONLY_JPEG
 #define STBI_ONLY_PNG
 #define STBI_NO_STDIO
