@@ -23,6 +23,8 @@
 #include "mmca/language/model.hpp"
 #include "mmca/nn/linear.hpp"
 
+#include "fma_peak.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -65,37 +67,7 @@ std::vector<std::string> split(const std::string& s) {
     return out;
 }
 
-/// GFLOP/s of independent FMA chains in registers on `threads` threads.
-double fma_peak(int threads) {
-#if defined(__AVX2__) && defined(__FMA__)
-    const long iters = 50'000'000;
-    double best = 0;
-    for (int rep = 0; rep < 3; ++rep) {
-        const auto t0 = clock_type::now();
-        float sink = 0;
-#pragma omp parallel num_threads(threads) reduction(+ : sink)
-        {
-            __m256 a[10];
-            for (int i = 0; i < 10; ++i) a[i] = _mm256_set1_ps(1.0f + 1e-7f * i);
-            const __m256 m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
-            for (long it = 0; it < iters; ++it)
-                for (int i = 0; i < 10; ++i) a[i] = _mm256_fmadd_ps(a[i], m, c);
-            float tmp[8];
-            __m256 s = a[0];
-            for (int i = 1; i < 10; ++i) s = _mm256_add_ps(s, a[i]);
-            _mm256_storeu_ps(tmp, s);
-            sink += tmp[0];
-        }
-        const double t = seconds_since(t0);
-        if (sink == 12345.0f) std::printf(" ");
-        best = std::max(best, double(threads) * iters * 10 * 16 / t / 1e9);
-    }
-    return best;
-#else
-    (void)threads;
-    return 0.0;
-#endif
-}
+using mmca_bench::fma_peak;
 
 /// GB/s reading a 1 GiB buffer (sum of floats) on `threads` threads.
 double read_bandwidth(int threads, std::vector<float>& buf) {

@@ -85,3 +85,39 @@ __all__ += ["VisualChatModel"]
 from ._core import ChatSession  # noqa: E402
 
 __all__ += ["ChatSession"]
+
+# Backward passes of the trainable path (docs/training.md): mmca.grad.linear_backward, ...
+from ._core import grad  # noqa: E402
+
+__all__ += ["grad"]
+
+# Attention gradients for training (docs/attention.md, "Backward").
+from ._core import attention_backward, attention_with_stats  # noqa: E402
+
+__all__ += ["attention_backward", "attention_with_stats"]
+
+# Training building blocks (docs/training.md, "Optimizer, schedule and checkpoints").
+from ._core import (  # noqa: E402
+    AdamW,
+    clip_grad_norm,
+    load_train_state,
+    lr_schedule,
+    save_safetensors,
+    save_train_state,
+    warmup_steps_from_ratio,
+)
+
+__all__ += [
+    "AdamW",
+    "clip_grad_norm",
+    "load_train_state",
+    "lr_schedule",
+    "save_safetensors",
+    "save_train_state",
+    "warmup_steps_from_ratio",
+]
+
+# The synthetic multi-image task of the data-efficiency benchmark (docs/training.md).
+from ._core import synthetic_sample  # noqa: E402
+
+__all__ += ["synthetic_sample"]

@@ -640,3 +640,200 @@ class VisualChatModel:
     def reset(self) -> None:
         """Forgets the conversation (the image cache stays)."""
     def clear_image_cache(self) -> None: ...
+
+class _GradModule:
+    """mmca.grad: backward passes of the trainable path (docs/training.md). All results are float32."""
+    def linear_backward(
+        self, x: NDArray[np.float32], weight: NDArray[Any], dy: NDArray[np.float32], *,
+        weight_grad: bool = True, bias_grad: bool = True, num_threads: int = 0,
+    ) -> Tuple[NDArray[np.float32], Optional[NDArray[np.float32]], Optional[NDArray[np.float32]]]: ...
+    def rmsnorm_backward(
+        self, x: NDArray[np.float32], weight: NDArray[np.float32], dy: NDArray[np.float32], *,
+        eps: float = 1e-5, num_threads: int = 0,
+    ) -> Tuple[NDArray[np.float32], NDArray[np.float32]]: ...
+    def layernorm_backward(
+        self, x: NDArray[np.float32], weight: NDArray[np.float32], dy: NDArray[np.float32], *,
+        eps: float = 1e-5, num_threads: int = 0,
+    ) -> Tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]: ...
+    def swiglu_backward(
+        self, x: NDArray[np.float32], gate: NDArray[Any], up: NDArray[Any], down: NDArray[Any],
+        dy: NDArray[np.float32], *, num_threads: int = 0,
+    ) -> Tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]: ...
+    def rope_backward(
+        self, dy: NDArray[np.float32], positions: ArrayLike, *, heads: int, head_dim: int, theta: float = 10000.0,
+        scaling: str = "none", factor: float = 1.0, max_positions: int = 2048, total_len: Optional[int] = None,
+    ) -> NDArray[np.float32]: ...
+    def activation_backward(
+        self, x: NDArray[np.float32], dy: NDArray[np.float32], *, activation: str = "gelu", num_threads: int = 0,
+    ) -> NDArray[np.float32]: ...
+    def cross_entropy(
+        self, logits: NDArray[np.float32], labels: ArrayLike, *, normalizer: float = 0.0, num_threads: int = 0,
+    ) -> Tuple[float, NDArray[np.float32]]: ...
+    def embedding_backward(
+        self, ids: ArrayLike, dy: NDArray[np.float32], *, vocab: int, num_threads: int = 0,
+    ) -> NDArray[np.float32]: ...
+    def dense_attention_backward(
+        self, q: NDArray[np.float32], k: NDArray[np.float32], v: NDArray[np.float32], dout: NDArray[np.float32], *,
+        heads: int, scale: Optional[float] = None, num_threads: int = 0,
+    ) -> Tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]: ...
+    def projector_backward(
+        self, path: str, x: NDArray[np.float32], dy: NDArray[np.float32], *, prefix: str = "projection.",
+        kind: str = "auto", input_tokens: Optional[int] = None, has_cls: bool = False, heads: int = 0,
+        vit_heads: int = 16, vit_act: str = "gelu", vit_eps: float = 1e-5, num_threads: int = 0,
+    ) -> Tuple[NDArray[np.float32], NDArray[np.float32], Dict[str, NDArray[np.float32]]]: ...
+
+grad: _GradModule
+
+AttentionStats = Tuple[Float32Array, Float32Array, Float32Array]
+"""(row_max (B, Hq, Lq, 2), row_sum (B, Hq, Lq, 2), group_out (B, Hq, Lq, 2, D)), float32."""
+
+def attention_with_stats(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    token_types: IntArrayLike,
+    variant: str,
+    *,
+    image_ids: Optional[IntArrayLike] = None,
+    policy: Optional[str] = None,
+    scale: Optional[float] = None,
+    kv_lens: Optional[IntArrayLike] = None,
+    q_lens: Optional[IntArrayLike] = None,
+    num_threads: int = 0,
+) -> Tuple[Float32Array, AttentionStats]:
+    """mmca.attention (fused, float32 K/V) that also returns (out, stats) for attention_backward.
+
+    stats per query row and key group g (0: own-modality/causal, 1: other-modality/cross):
+    row_max, the largest scaled score (0 for a uniform group, -inf when empty); row_sum, the sum of
+    exp(S - row_max); group_out, the group's term of the output.
+    """
+
+def attention_backward(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    dout: Float32Array,
+    token_types: IntArrayLike,
+    variant: str,
+    *,
+    image_ids: Optional[IntArrayLike] = None,
+    policy: Optional[str] = None,
+    scale: Optional[float] = None,
+    kv_lens: Optional[IntArrayLike] = None,
+    q_lens: Optional[IntArrayLike] = None,
+    num_threads: int = 0,
+    impl: str = "fused",
+    stats: Optional[AttentionStats] = None,
+) -> Tuple[Float32Array, Float32Array, Float32Array]:
+    """(dq, dk, dv): gradients of sum(dout * attention(q, k, v, ...)), float32, shapes of q, k, v.
+
+    stats: from attention_with_stats for the same inputs; None runs the forward with stats first.
+    impl: 'fused' (default) or 'reference' (explicit masks in double precision; ignores stats).
+    Uniform-average groups (mmca_reference's degenerate rows) send gradient to v only.
+    """
+
+# ---- training: optimizer, schedule, clipping, checkpoints (bind_train.cpp) ----
+
+class AdamW:
+    """AdamW (decoupled weight decay) as torch.optim.AdamW, updating float32 arrays in place."""
+
+    def __init__(
+        self,
+        params: Union[Dict[str, NDArray[np.float32]], Sequence[NDArray[np.float32]]],
+        *,
+        lr: float = 1e-3,
+        betas: Tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        no_decay: List[str] = ...,
+        num_threads: int = 0,
+    ) -> None: ...
+    def step(
+        self,
+        grads: Union[Dict[str, NDArray[np.float32]], Sequence[NDArray[np.float32]]],
+        *,
+        lr: Optional[float] = None,
+    ) -> None:
+        """One update of every parameter in place (lr: this update's rate; default self.lr)."""
+    @property
+    def step_count(self) -> int: ...
+    @step_count.setter
+    def step_count(self, value: int) -> None: ...
+    @property
+    def lr(self) -> float: ...
+    @lr.setter
+    def lr(self, value: float) -> None: ...
+    @property
+    def betas(self) -> Tuple[float, float]: ...
+    @property
+    def eps(self) -> float: ...
+    @property
+    def weight_decay(self) -> float: ...
+    @property
+    def names(self) -> List[str]: ...
+    @property
+    def params(self) -> Dict[str, NDArray[np.float32]]: ...
+    def exp_avg(self, name: str) -> NDArray[np.float32]:
+        """A view of the first moment of a parameter."""
+    def exp_avg_sq(self, name: str) -> NDArray[np.float32]:
+        """A view of the second moment of a parameter."""
+
+def lr_schedule(
+    step: int,
+    base_lr: float,
+    total_steps: int,
+    *,
+    warmup_steps: int = 0,
+    warmup_ratio: Optional[float] = None,
+    min_lr: float = 0.0,
+    num_cycles: float = 0.5,
+) -> float:
+    """Linear warm-up then cosine decay, as transformers.get_cosine_schedule_with_warmup."""
+
+def warmup_steps_from_ratio(ratio: float, total_steps: int) -> int:
+    """ceil(ratio * total_steps)."""
+
+def clip_grad_norm(
+    grads: Union[Dict[str, NDArray[np.float32]], Sequence[NDArray[np.float32]]],
+    max_norm: float,
+    *,
+    num_threads: int = 0,
+) -> float:
+    """Clips in place by the global L2 norm (torch.nn.utils.clip_grad_norm_); returns the norm."""
+
+def save_safetensors(
+    path: str,
+    tensors: Dict[str, NDArray[Any]],
+    metadata: Optional[Dict[str, str]] = None,
+    *,
+    dtypes: Optional[Dict[str, str]] = None,
+) -> None:
+    """Writes arrays as a safetensors file atomically ('BF16' in dtypes for uint16 bfloat16 bits)."""
+
+def save_train_state(
+    path: str,
+    optimizer: AdamW,
+    *,
+    epoch: int = 0,
+    data_position: int = 0,
+    rng_state: Optional[str] = None,
+    config: Optional[Dict[str, str]] = None,
+) -> None:
+    """Saves parameters, AdamW moments and step, epoch, data position, RNG state and config."""
+
+def load_train_state(path: str, optimizer: AdamW) -> Dict[str, Any]:
+    """Loads a train state into the optimizer; returns step, epoch, data_position, rng_state, config."""
+
+# The synthetic task (bind_data.cpp; docs/training.md).
+
+def synthetic_sample(
+    seed: int,
+    index: int,
+    *,
+    image_size: int = 56,
+    grid: int = 2,
+    max_images: int = 4,
+    max_shapes: int = 3,
+    max_rounds: int = 3,
+) -> Dict[str, Any]:
+    """Sample `index` of the synthetic multi-image task: images, shapes, rounds."""

@@ -37,11 +37,15 @@ PYBIND11_MODULE(_core, m) {
           "Number of threads a call with num_threads=0 uses (OpenMP's default; 1 without OpenMP).");
 
     mmca::python::register_attention(m);
+    mmca::python::register_attention_backward(m);
     mmca::python::register_kv_cache(m);
     mmca::python::bind_llama(m);
     mmca::python::register_text(m);
     mmca::python::register_image(m);
     mmca::python::register_projector(m);
     mmca::python::register_visual_chat(m);
+    mmca::python::register_data(m);
     mmca::python::register_vision(m);
+    mmca::python::register_grad(m);
+    mmca::python::register_train(m);
 }

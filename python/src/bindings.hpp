@@ -8,6 +8,9 @@ namespace mmca::python {
 /// mmca.attention (attention_bindings.cpp).
 void register_attention(pybind11::module_& m);
 
+/// mmca.attention_with_stats, mmca.attention_backward (bind_attention_backward.cpp).
+void register_attention_backward(pybind11::module_& m);
+
 /// mmca.KVCache (kv_cache_bindings.cpp).
 void register_kv_cache(pybind11::module_& m);
 
@@ -28,5 +31,14 @@ void register_visual_chat(pybind11::module_& m);
 
 /// mmca.QwenViT, mmca.ClipViT, mmca.clip_vit_preset (bind_vision.cpp).
 void register_vision(pybind11::module_& m);
+
+/// mmca.grad: backward passes of the trainable path (bind_grad.cpp).
+void register_grad(pybind11::module_& m);
+
+/// mmca.AdamW, lr_schedule, clip_grad_norm, save_safetensors, save/load_train_state (bind_train.cpp).
+void register_train(pybind11::module_& m);
+
+/// mmca.synthetic_sample (bind_data.cpp).
+void register_data(pybind11::module_& m);
 
 }  // namespace mmca::python

@@ -96,6 +96,29 @@ inline explicit_masks build_explicit_masks(const attention_problem& p, std::int6
     return m;
 }
 
+/// Normalised weights of one group of a row over n keys: a softmax of `scores` over the keys marked
+/// softmax, or equal weights over the keys marked uniform. Returns false (weights untouched) for an
+/// empty group, which contributes 0.
+inline bool reference_group_weights(const mask_entry* row, const double* scores, std::int64_t n, double* weights) {
+    double max_score = -std::numeric_limits<double>::infinity();
+    bool any = false;
+    for (std::int64_t kk = 0; kk < n; ++kk) {
+        if (row[kk] == mask_entry::excluded) continue;
+        any = true;
+        max_score = std::max(max_score, row[kk] == mask_entry::uniform ? 0.0 : scores[kk]);
+    }
+    if (!any) return false;
+    double total = 0.0;
+    for (std::int64_t kk = 0; kk < n; ++kk) {
+        weights[kk] = row[kk] == mask_entry::excluded  ? 0.0
+                      : row[kk] == mask_entry::uniform ? 1.0
+                                                       : std::exp(scores[kk] - max_score);
+        total += weights[kk];
+    }
+    for (std::int64_t kk = 0; kk < n; ++kk) weights[kk] /= total;
+    return true;
+}
+
 /// Computes attention with the explicit-mask oracle. out must have q's shape.
 template <class KV>
 void attention_reference_forward(const attention_problem& p, tensor_ref<const float, 4> q, tensor_ref<const KV, 4> k,
@@ -117,25 +140,11 @@ void attention_reference_forward(const attention_problem& p, tensor_ref<const fl
                 }
                 for (const auto& group : masks.group) {
                     const mask_entry* row = group.data() + i * p.kv_len;
-                    double max_score = -std::numeric_limits<double>::infinity();
-                    bool any = false;
-                    for (std::int64_t kk = 0; kk < p.kv_len; ++kk) {
-                        if (row[kk] == mask_entry::excluded) continue;
-                        any = true;
-                        max_score = std::max(max_score, row[kk] == mask_entry::uniform ? 0.0 : scores[kk]);
-                    }
-                    if (!any) continue;  // an empty group contributes 0
-                    double total = 0.0;
-                    for (std::int64_t kk = 0; kk < p.kv_len; ++kk) {
-                        weights[kk] = row[kk] == mask_entry::excluded  ? 0.0
-                                      : row[kk] == mask_entry::uniform ? 1.0
-                                                                       : std::exp(scores[kk] - max_score);
-                        total += weights[kk];
-                    }
+                    if (!reference_group_weights(row, scores.data(), p.kv_len, weights.data())) continue;
                     for (std::int64_t kk = 0; kk < p.kv_len; ++kk) {
                         if (weights[kk] == 0.0) continue;
                         to_float(v.ptr(b, hk, kk), tmp.data(), D);
-                        for (std::int64_t d = 0; d < D; ++d) acc[d] += weights[kk] / total * double(tmp[d]);
+                        for (std::int64_t d = 0; d < D; ++d) acc[d] += weights[kk] * double(tmp[d]);
                     }
                 }
                 for (std::int64_t d = 0; d < D; ++d) out(b, h, i, d) = static_cast<float>(acc[d]);

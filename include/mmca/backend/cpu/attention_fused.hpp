@@ -16,6 +16,7 @@
 
 #include "mmca/attention/problem.hpp"
 #include "mmca/attention/row_plan.hpp"
+#include "mmca/attention/stats.hpp"
 #include "mmca/core/dtype.hpp"
 #include "mmca/core/threading.hpp"
 
@@ -142,7 +143,6 @@ struct fused_scratch {
     aligned_floats mx[2], sum[2], block_max;  // (ldm) running max and sum per group
     aligned_floats kbuf, vbuf;  // (Bk, Dp) widened or padded K/V block
     group_lanes lanes[2];
-    std::vector<block_cover> covers;
 };
 
 /// The query rows of a tile: `count` consecutive entries of a sequence's active-row list.
@@ -152,6 +152,84 @@ struct tile_desc {
     std::int32_t first;  // index into the active-row list of the sequence
     std::int32_t count;
 };
+
+/// Row plans of every sequence of a problem, and the tiles of rows that need a softmax.
+struct fused_plan {
+    std::vector<sequence_index> index;              // (B) token-type index per sequence
+    std::vector<std::vector<row_plan>> plans;       // (B, q_len[b]) plan of query row i
+    std::vector<std::vector<std::int32_t>> active;  // (B, ·) row numbers i (not positions) that need a softmax
+    std::vector<tile_desc> tiles;                   // per sequence, per kv head, consecutive active rows
+};
+
+/// Plans every row and cuts the active rows of each (sequence, kv head) into tiles of at most
+/// tile_rows rows × heads per kv head.
+inline fused_plan make_fused_plan(const attention_problem& p, std::int32_t tile_rows) {
+    fused_plan f;
+    f.plans.resize(p.batch);
+    f.active.resize(p.batch);
+    f.index.reserve(p.batch);
+    for (std::int64_t b = 0; b < p.batch; ++b) {
+        f.index.emplace_back(p, b);
+        f.plans[b].resize(p.seq_q_len[b]);
+        for (std::int32_t i = 0; i < p.seq_q_len[b]; ++i) {
+            f.plans[b][i] = plan_row(p, f.index[b], static_cast<std::int32_t>(p.query_position(b, i)));
+            if (f.plans[b][i].needs_softmax()) f.active[b].push_back(i);
+        }
+    }
+    const std::int32_t rows_per_tile = std::max<std::int32_t>(1, tile_rows / static_cast<std::int32_t>(p.group_size()));
+    for (std::int64_t b = 0; b < p.batch; ++b) {
+        const auto rows = static_cast<std::int32_t>(f.active[b].size());
+        for (std::int64_t hk = 0; hk < p.kv_heads; ++hk)
+            for (std::int32_t first = 0; first < rows; first += rows_per_tile)
+                f.tiles.push_back({static_cast<std::int32_t>(b), static_cast<std::int32_t>(hk), first,
+                                   std::min(rows_per_tile, rows - first)});
+    }
+    return f;
+}
+
+/// The plan of row r (0 <= r < tile.count) of a tile.
+inline const row_plan& tile_row_plan(const fused_plan& f, const tile_desc& tile, std::int32_t r) {
+    return f.plans[tile.batch][f.active[tile.batch][tile.first + r]];
+}
+
+/// The key positions [*lo, *hi] that some row of the tile can see (*lo > *hi when none).
+inline void tile_key_span(const fused_plan& f, const tile_desc& tile, std::int32_t* lo, std::int32_t* hi) {
+    *lo = f.index[tile.batch].length;
+    *hi = -1;
+    for (std::int32_t r = 0; r < tile.count; ++r)
+        for (const key_group& g : tile_row_plan(f, tile, r).group)
+            for (int x = 0; x < g.ranges; ++x) {
+                *lo = std::min(*lo, g.range[x].lo);
+                *hi = std::max(*hi, g.range[x].hi);
+            }
+}
+
+/// How the rows of a tile meet the keys [k0, k1): used[g] when some row's group g sees a key of the
+/// block, masked[g] when some row's group g does not see all of it, need_scores when a non-uniform
+/// group sees a key (uniform groups take score 0).
+struct block_use {
+    bool used[2] = {false, false};
+    bool masked[2] = {false, false};
+    bool need_scores = false;
+    bool any() const { return used[0] || used[1]; }
+};
+
+inline block_use classify_block(const fused_plan& f, const tile_desc& tile, std::int32_t k0, std::int32_t k1) {
+    block_use u;
+    const sequence_index& seq = f.index[tile.batch];
+    for (std::int32_t r = 0; r < tile.count; ++r) {
+        const row_plan& plan = tile_row_plan(f, tile, r);
+        for (int g = 0; g < 2; ++g) {
+            const block_cover c = plan.group[g].empty() ? block_cover::none : cover(seq, plan.group[g], k0, k1);
+            u.masked[g] |= c != block_cover::full;
+            if (c != block_cover::none) {
+                u.used[g] = true;
+                u.need_scores |= !plan.group[g].uniform;
+            }
+        }
+    }
+    return u;
+}
 
 /// Pointer to a (n × D) block of K or V as float32 rows of stride *stride: in place for float storage
 /// whose rows can be read a whole packet at a time, else widened/padded into buf (rows of Dp).
@@ -196,6 +274,23 @@ inline void set_lane(group_lanes& lanes, std::int64_t m, const key_group& g) {
     }
 }
 
+/// All-ones bits in the lanes m .. m + packet_size whose group contains the key at position kpos
+/// (broadcast) of type t and image index kid (broadcast).
+inline packet lane_members(const group_lanes& lanes, std::int64_t m, int t, packet kpos, packet kid) {
+    using namespace Eigen::internal;
+    const packet zero = pset1<packet>(0.0f);
+    packet member = pcmp_lt(zero, zero);  // all false
+    for (int r = 0; r < 2; ++r) {
+        packet in = pand(pcmp_le(ploadu<packet>(lanes.lo[r].data() + m), kpos),
+                         pcmp_le(kpos, ploadu<packet>(lanes.hi[r].data() + m)));
+        in = pand(in, pcmp_lt(zero, ploadu<packet>(lanes.type_ok[r][t].data() + m)));
+        const packet id = ploadu<packet>(lanes.image_id[r].data() + m);
+        in = pand(in, por(pcmp_lt(id, zero), pcmp_eq(id, kid)));
+        member = por(member, in);
+    }
+    return member;
+}
+
 /// One online-softmax step of a group over a key block, all lanes at once.
 /// St/Pt are (n × ldm); mx/sum (ldm) are updated; acc rows are rescaled; Pt receives the weights.
 inline void softmax_block(const float* St, float* Pt, std::int64_t n, std::int64_t ldm, bool masked,
@@ -213,18 +308,7 @@ inline void softmax_block(const float* St, float* Pt, std::int64_t n, std::int64
         for (std::int64_t m = 0; m < ldm; m += packet_size) {
             packet s = ploadu<packet>(St + x * ldm + m);
             if (lanes.any_uniform) s = pselect(ploadu<packet>(lanes.uniform.data() + m), zero, s);
-            if (masked) {
-                packet member = pcmp_lt(zero, zero);  // all false
-                for (int r = 0; r < 2; ++r) {
-                    packet in = pand(pcmp_le(ploadu<packet>(lanes.lo[r].data() + m), kpos),
-                                     pcmp_le(kpos, ploadu<packet>(lanes.hi[r].data() + m)));
-                    in = pand(in, pcmp_lt(zero, ploadu<packet>(lanes.type_ok[r][t].data() + m)));
-                    const packet id = ploadu<packet>(lanes.image_id[r].data() + m);
-                    in = pand(in, por(pcmp_lt(id, zero), pcmp_eq(id, kid)));
-                    member = por(member, in);
-                }
-                s = pselect(member, s, neg_inf);
-            }
+            if (masked) s = pselect(lane_members(lanes, m, t, kpos, kid), s, neg_inf);
             pstoreu(Pt + x * ldm + m, s);
             pstoreu(block_max + m, pmax(ploadu<packet>(block_max + m), s));
         }
@@ -306,29 +390,24 @@ void decode_block(const tensor_ref<const KV, 4>& k, const tensor_ref<const KV, 4
 }  // namespace detail
 
 /// Computes attention for a checked problem with the fused kernel. out must have q's shape.
+/// When stats is given (shapes checked by check_attention_stats), it receives each row's softmax
+/// statistics and per-group outputs for the backward (mmca/attention/stats.hpp).
 template <class KV>
 void attention_fused_forward(const attention_problem& p, tensor_ref<const float, 4> q, tensor_ref<const KV, 4> k,
                              tensor_ref<const KV, 4> v, tensor_ref<float, 4> out, int num_threads = 0,
-                             const fused_attention_config& config = {}) {
+                             const fused_attention_config& config = {}, const attention_stats* stats = nullptr) {
     using namespace detail;
     const std::int64_t D = p.head_dim;
     const std::int64_t Dp = round_up(D, packet_size);
     const std::int64_t G = p.group_size();
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
 
-    // Row plans per sequence, and the rows that need a softmax.
-    std::vector<sequence_index> index;
-    std::vector<std::vector<row_plan>> plans(p.batch);
-    std::vector<std::vector<std::int32_t>> active(p.batch);  // row numbers i (not positions)
-    index.reserve(p.batch);
-    for (std::int64_t b = 0; b < p.batch; ++b) {
-        index.emplace_back(p, b);
-        plans[b].resize(p.seq_q_len[b]);
-        for (std::int32_t i = 0; i < p.seq_q_len[b]; ++i) {
-            plans[b][i] = plan_row(p, index[b], static_cast<std::int32_t>(p.query_position(b, i)));
-            if (plans[b][i].needs_softmax()) active[b].push_back(i);
-        }
-    }
+    // Row plans per sequence, the rows that need a softmax, and their tiles.
+    const fused_plan fp = make_fused_plan(p, config.tile_rows);
+    const auto& index = fp.index;
+    const auto& plans = fp.plans;
+    const auto& active = fp.active;
+    const auto& tiles = fp.tiles;
 
     // Rows without a softmax: padding and out-of-length rows are 0, self-only rows copy V_j.
     parallel_for(p.batch * p.q_heads, num_threads, [&](std::int64_t item, int) {
@@ -341,18 +420,15 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
                 to_float(v.ptr(b, h / G, plans[b][i].position), o, D);
             else
                 std::fill(o, o + D, 0.0f);
+            if (stats) {
+                for (std::int64_t g = 0; g < 2; ++g) {
+                    stats->row_max(b, h, i, g) = neg_inf;
+                    stats->row_sum(b, h, i, g) = 0.0f;
+                    std::fill(stats->group_out.ptr(b, h, i, g), stats->group_out.ptr(b, h, i, g) + D, 0.0f);
+                }
+            }
         }
     });
-
-    const std::int32_t rows_per_tile = std::max<std::int32_t>(1, config.tile_rows / static_cast<std::int32_t>(G));
-    std::vector<tile_desc> tiles;
-    for (std::int64_t b = 0; b < p.batch; ++b) {
-        const auto rows = static_cast<std::int32_t>(active[b].size());
-        for (std::int64_t hk = 0; hk < p.kv_heads; ++hk)
-            for (std::int32_t first = 0; first < rows; first += rows_per_tile)
-                tiles.push_back({static_cast<std::int32_t>(b), static_cast<std::int32_t>(hk), first,
-                                 std::min(rows_per_tile, rows - first)});
-    }
 
     const int threads = resolve_num_threads(num_threads);
     std::vector<fused_scratch> scratch(threads);
@@ -393,34 +469,20 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
         w.block_max.resize(ldm);
 
         // The key range any row of the tile can see.
-        std::int32_t lo = seq.length, hi = -1;
-        for (std::int32_t r = 0; r < R; ++r)
-            for (const key_group& g : plans[b][active[b][tile.first + r]].group)
-                for (int x = 0; x < g.ranges; ++x) {
-                    lo = std::min(lo, g.range[x].lo);
-                    hi = std::max(hi, g.range[x].hi);
-                }
+        std::int32_t lo = 0, hi = -1;
+        tile_key_span(fp, tile, &lo, &hi);
 
         const std::int32_t Bk = small ? std::max(config.key_block, 512) : config.key_block;
         w.st.resize(static_cast<std::size_t>(Bk * ldm));
         for (auto& pt : w.pt) pt.resize(static_cast<std::size_t>(Bk * ldm));
-        w.covers.resize(2 * static_cast<std::size_t>(R));
         for (std::int32_t k0 = (lo / Bk) * Bk; k0 <= hi; k0 += Bk) {
             const std::int32_t k1 = std::min(k0 + Bk, seq.length), n = k1 - k0;
             // Classify the block for every row position (heads share the classification).
-            bool used[2] = {false, false}, masked[2] = {false, false}, need_scores = false;
-            for (std::int32_t r = 0; r < R; ++r) {
-                const row_plan& plan = plans[b][active[b][tile.first + r]];
-                for (int g = 0; g < 2; ++g) {
-                    const block_cover c = plan.group[g].empty() ? block_cover::none : cover(seq, plan.group[g], k0, k1);
-                    masked[g] |= c != block_cover::full;
-                    if (c != block_cover::none) {
-                        used[g] = true;
-                        need_scores |= !plan.group[g].uniform;
-                    }
-                }
-            }
-            if (!used[0] && !used[1]) continue;
+            const block_use use = classify_block(fp, tile, k0, k1);
+            if (!use.any()) continue;
+            const bool* used = use.used;
+            const bool* masked = use.masked;
+            const bool need_scores = use.need_scores;
 
             if (small) {
                 decode_block(k, v, b, hk, k0, n, D, M, ldm, need_scores, used, masked, w, seq, Dp);
@@ -455,6 +517,19 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
                 w.kbuf.resize(D);
                 to_float(v.ptr(b, hk, plan.position), w.kbuf.data(), D);
                 for (std::int64_t d = 0; d < D; ++d) o[d] += w.kbuf[d];
+            }
+        }
+        if (stats) {
+            for (std::int64_t m = 0; m < M; ++m) {
+                const std::int64_t h = hk * G + m / R, i = row_index(m);
+                for (int g = 0; g < 2; ++g) {
+                    const float s = w.sum[g][m];
+                    stats->row_max(b, h, i, g) = w.mx[g][m];
+                    stats->row_sum(b, h, i, g) = s;
+                    float* go = stats->group_out.ptr(b, h, i, g);
+                    const float* a = w.acc[g].data() + m * Dp;
+                    for (std::int64_t d = 0; d < D; ++d) go[d] = s > 0.0f ? a[d] / s : 0.0f;
+                }
             }
         }
     });

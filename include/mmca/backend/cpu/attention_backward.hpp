@@ -1,0 +1,357 @@
+// mmca/backend/cpu/attention_backward.hpp - the fused CPU backward of every attention variant.
+//
+// Gradients of L = Σ dO ⊙ O for O_i = Σ_g O_g,i (+ V_j for rows with a self term), recomputing the
+// probabilities of each group block by block from the forward's statistics (mmca/attention/stats.hpp):
+//   P_g  = exp(S − row_max_g) / row_sum_g        S = scale·q·k, uniform groups take S = 0
+//   dP   = dO · Vᵀ                                (the same for both groups)
+//   dS_g = P_g ⊙ (dP − δ_g),  δ_g = dO · O_g      (0 for a uniform group: its weights ignore S)
+//   dV  += Σ_g P_gᵀ dO,  dK += scale Σ_g dS_gᵀ Q,  dQ += scale Σ_g dS_g K,  dV_j += dO_j for self terms
+// Rows are the fused forward's tiles (a sequence, a kv head, up to tile_rows rows × the query heads
+// that share the kv head), packed once: scale·Q and dO transposed (keys × rows products keep rows in
+// SIMD lanes, as in the forward), Q and dO as rows, per-lane masks, row statistics and δ_g.
+// Two passes, each owning what it writes, so that no sum depends on the number of threads:
+//   dQ:     one work item per tile, over the key blocks the tile can see, in key order;
+//   dK, dV: one work item per (sequence, kv head, key block), over the tiles of that kv head that
+//           see the block, in tile order (grouped-query heads are stacked inside each tile).
+// S and dP are computed in both passes (7 block products against the forward's 2). Blocks no row of
+// a tile sees are skipped; blocks that only uniform groups touch need neither S nor dP.
+// No (L, L) buffer exists.
+#pragma once
+
+#include "mmca/attention/problem.hpp"
+#include "mmca/attention/row_plan.hpp"
+#include "mmca/attention/stats.hpp"
+#include "mmca/backend/cpu/attention_fused.hpp"
+#include "mmca/core/error.hpp"
+#include "mmca/core/threading.hpp"
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace mmca {
+namespace cpu {
+
+/// Tile sizes of the fused backward.
+struct fused_backward_config {
+    std::int32_t tile_rows = 128;  // query rows (times heads per kv head) per tile, at most
+    std::int32_t key_block = 64;   // keys per block
+};
+
+namespace detail {
+
+/// C[i][c] += Σ_x A[i][x] · B[x][c] for NI rows of A/C and NP packets of columns.
+template <int NI, int NP>
+inline void product_tile(const float* A, std::int64_t lda, std::int64_t inner, const float* B, std::int64_t ldb,
+                         float* C, std::int64_t ldc) {
+    using namespace Eigen::internal;
+    packet acc[NI][NP];
+    for (int i = 0; i < NI; ++i)
+        for (int c = 0; c < NP; ++c) acc[i][c] = ploadu<packet>(C + i * ldc + c * packet_size);
+    for (std::int64_t x = 0; x < inner; ++x) {
+        packet b[NP];
+        for (int c = 0; c < NP; ++c) b[c] = ploadu<packet>(B + x * ldb + c * packet_size);
+        for (int i = 0; i < NI; ++i) {
+            const packet a = pset1<packet>(A[i * lda + x]);
+            for (int c = 0; c < NP; ++c) acc[i][c] = pmadd(a, b[c], acc[i][c]);
+        }
+    }
+    for (int i = 0; i < NI; ++i)
+        for (int c = 0; c < NP; ++c) pstoreu(C + i * ldc + c * packet_size, acc[i][c]);
+}
+
+/// C (n × cols) += A (n × inner, row stride lda) · B (inner × cols, row stride ldb); cols a multiple
+/// of one packet. Each element of C is summed over x in increasing order.
+inline void accumulate_product(const float* A, std::int64_t lda, std::int64_t n, std::int64_t inner, const float* B,
+                               std::int64_t ldb, std::int64_t cols, float* C, std::int64_t ldc) {
+    auto strip = [&](auto columns, std::int64_t c) {
+        constexpr int NP = decltype(columns)::value;
+        std::int64_t i = 0;
+        for (; i + register_rows <= n; i += register_rows)
+            product_tile<register_rows, NP>(A + i * lda, lda, inner, B + c, ldb, C + i * ldc + c, ldc);
+        for (; i + 2 <= n; i += 2) product_tile<2, NP>(A + i * lda, lda, inner, B + c, ldb, C + i * ldc + c, ldc);
+        for (; i < n; ++i) product_tile<1, NP>(A + i * lda, lda, inner, B + c, ldb, C + i * ldc + c, ldc);
+    };
+    std::int64_t c = 0;
+    for (; c + 2 * packet_size <= cols; c += 2 * packet_size) strip(std::integral_constant<int, 2>{}, c);
+    for (; c < cols; c += packet_size) strip(std::integral_constant<int, 1>{}, c);
+}
+
+/// One packed tile of the backward (see the file comment); m indexes the tile's rows × heads.
+struct backward_tile {
+    std::int64_t M = 0, ldm = 0;          // rows × heads, and that rounded up to 2 packets
+    std::int32_t lo = 0, hi = -1;         // key positions some row of the tile sees
+    aligned_floats qt;                    // (D, ldm) scale·q, transposed
+    aligned_floats dot;                   // (D, ldm) dO, transposed
+    aligned_floats qrows;                 // (M, Dp) q
+    aligned_floats dorows;                // (M, Dp) dO
+    aligned_floats mx[2], inv_sum[2];     // (ldm) row max and 1 / row sum per group (0 when empty)
+    aligned_floats delta[2];              // (ldm) dO · O_g per group
+    group_lanes lanes[2];
+};
+
+/// Scratch of one thread of the backward, reused across work items.
+struct backward_scratch {
+    aligned_floats st, dpt, pt, psum, dst;  // (Bk, ldm) scores, dP, P_g, Σ_g P_g, dS (all transposed)
+    aligned_floats kbuf, vbuf;              // (Bk, Dp) padded K/V block
+    aligned_floats acc_a, acc_b;            // dQ (M, Dp), or dK and dV (Bk, Dp)
+};
+
+/// Pt = P_g of the block (keys × lanes) from the row statistics, 0 on lanes whose group does not
+/// contain the key; uniform lanes take S = 0. Adds Pt into psum when psum is not null.
+inline void group_probabilities(const float* St, float* Pt, float* psum, std::int64_t n, std::int64_t ldm, bool masked,
+                                const group_lanes& lanes, const sequence_index& seq, std::int64_t k0, const float* mx,
+                                const float* inv_sum) {
+    using namespace Eigen::internal;
+    const packet zero = pset1<packet>(0.0f);
+    for (std::int64_t x = 0; x < n; ++x) {
+        const std::int64_t key = k0 + x;
+        const int t = seq.types[key];
+        const packet kpos = pset1<packet>(static_cast<float>(key));
+        const packet kid = pset1<packet>(static_cast<float>(seq.image_ids[key]));
+        for (std::int64_t m = 0; m < ldm; m += packet_size) {
+            packet s = ploadu<packet>(St + x * ldm + m);
+            if (lanes.any_uniform) s = pselect(ploadu<packet>(lanes.uniform.data() + m), zero, s);
+            packet pr = pmul(pexp(psub(s, ploadu<packet>(mx + m))), ploadu<packet>(inv_sum + m));
+            if (masked) pr = pselect(lane_members(lanes, m, t, kpos, kid), pr, zero);
+            pstoreu(Pt + x * ldm + m, pr);
+            if (psum) pstoreu(psum + x * ldm + m, padd(ploadu<packet>(psum + x * ldm + m), pr));
+        }
+    }
+}
+
+/// dSt += Pt ⊙ (dPt − δ) on the lanes whose group is not uniform (all n × ldm).
+inline void accumulate_score_gradient(const float* Pt, const float* dPt, float* dSt, std::int64_t n, std::int64_t ldm,
+                                      const group_lanes& lanes, const float* delta) {
+    using namespace Eigen::internal;
+    const packet zero = pset1<packet>(0.0f);
+    for (std::int64_t x = 0; x < n; ++x)
+        for (std::int64_t m = 0; m < ldm; m += packet_size) {
+            packet ds = pmul(ploadu<packet>(Pt + x * ldm + m),
+                             psub(ploadu<packet>(dPt + x * ldm + m), ploadu<packet>(delta + m)));
+            if (lanes.any_uniform) ds = pselect(ploadu<packet>(lanes.uniform.data() + m), zero, ds);
+            pstoreu(dSt + x * ldm + m, padd(ploadu<packet>(dSt + x * ldm + m), ds));
+        }
+}
+
+}  // namespace detail
+
+/// Checks, for every row and group that the plans say is not empty, that the stats hold a finite
+/// max and a positive finite sum (stats of another call, or never written, are refused).
+inline void check_backward_stats(const char* where, const attention_problem& p, const detail::fused_plan& fp,
+                                 const attention_stats_view& stats) {
+    using mmca::detail::to_text;
+    for (std::int64_t b = 0; b < p.batch; ++b)
+        for (std::int32_t i : fp.active[b])
+            for (std::int64_t h = 0; h < p.q_heads; ++h)
+                for (int g = 0; g < 2; ++g) {
+                    if (fp.plans[b][i].group[g].empty()) continue;
+                    const float mx = stats.row_max(b, h, i, g), sum = stats.row_sum(b, h, i, g);
+                    const std::string at = "[" + to_text(b) + ", " + to_text(h) + ", " + to_text(i) + ", " +
+                                           to_text(g) + "]";
+                    MMCA_CHECK_ARG(std::isfinite(mx), where, "row_max", "row_max" + at + " = " + to_text(mx),
+                                   "a finite max for a row whose group " + to_text(g) +
+                                       " has keys (the stats of attention_forward_with_stats for the same inputs)");
+                    MMCA_CHECK_ARG(std::isfinite(sum) && sum > 0.0f, where, "row_sum",
+                                   "row_sum" + at + " = " + to_text(sum),
+                                   "a positive sum for a row whose group " + to_text(g) +
+                                       " has keys (the stats of attention_forward_with_stats for the same inputs)");
+                }
+}
+
+/// Computes dq (q's shape), dk and dv (k's shape) for a checked problem and the upstream gradient
+/// dout, from the stats the fused forward wrote for the same inputs. `where` names the public
+/// function for the stats check. Results do not depend on num_threads.
+inline void attention_fused_backward(const attention_problem& p, tensor_ref<const float, 4> q,
+                                     tensor_ref<const float, 4> k, tensor_ref<const float, 4> v,
+                                     tensor_ref<const float, 4> dout, const attention_stats_view& stats,
+                                     tensor_ref<float, 4> dq, tensor_ref<float, 4> dk, tensor_ref<float, 4> dv,
+                                     int num_threads = 0, const fused_backward_config& config = {},
+                                     const char* where = "mmca::cpu::attention_fused_backward") {
+    using namespace detail;
+    const std::int64_t D = p.head_dim;
+    const std::int64_t Dp = round_up(D, packet_size);
+    const std::int64_t G = p.group_size();
+    const fused_plan fp = make_fused_plan(p, config.tile_rows);
+    check_backward_stats(where, p, fp, stats);
+    const auto& plans = fp.plans;
+    const auto& active = fp.active;
+    const std::int64_t tile_count = static_cast<std::int64_t>(fp.tiles.size());
+
+    // Rows without a softmax get dq = 0; keys past a sequence's length get dk = dv = 0.
+    parallel_for(p.batch * p.q_heads, num_threads, [&](std::int64_t item, int) {
+        const std::int64_t b = item / p.q_heads, h = item % p.q_heads;
+        for (std::int64_t i = 0; i < p.q_len; ++i)
+            if (!(i < p.seq_q_len[b] && plans[b][i].needs_softmax())) std::fill(dq.ptr(b, h, i), dq.ptr(b, h, i) + D, 0.0f);
+        if (h >= p.kv_heads) return;
+        for (std::int64_t kk = p.seq_kv_len[b]; kk < p.kv_len; ++kk) {
+            std::fill(dk.ptr(b, h, kk), dk.ptr(b, h, kk) + D, 0.0f);
+            std::fill(dv.ptr(b, h, kk), dv.ptr(b, h, kk) + D, 0.0f);
+        }
+    });
+
+    // Pack every tile once.
+    std::vector<backward_tile> packed(static_cast<std::size_t>(tile_count));
+    parallel_for(tile_count, num_threads, [&](std::int64_t t, int) {
+        const tile_desc& tile = fp.tiles[t];
+        backward_tile& w = packed[t];
+        const std::int64_t b = tile.batch, hk = tile.kv_head, R = tile.count;
+        w.M = R * G;
+        w.ldm = round_up(w.M, 2 * packet_size);
+        tile_key_span(fp, tile, &w.lo, &w.hi);
+        w.qt.assign(static_cast<std::size_t>(D * w.ldm), 0.0f);
+        w.dot.assign(static_cast<std::size_t>(D * w.ldm), 0.0f);
+        w.qrows.assign(static_cast<std::size_t>(w.M * Dp), 0.0f);
+        w.dorows.assign(static_cast<std::size_t>(w.M * Dp), 0.0f);
+        for (int g = 0; g < 2; ++g) {
+            w.mx[g].assign(w.ldm, 0.0f);
+            w.inv_sum[g].assign(w.ldm, 0.0f);
+            w.delta[g].assign(w.ldm, 0.0f);
+            fill_lanes(w.lanes[g], w.ldm);
+        }
+        for (std::int64_t m = 0; m < w.M; ++m) {
+            const std::int64_t h = hk * G + m / R, i = active[b][tile.first + m % R];
+            const row_plan& plan = plans[b][i];
+            const float* qs = q.ptr(b, h, i);
+            const float* gs = dout.ptr(b, h, i);
+            for (std::int64_t d = 0; d < D; ++d) {
+                w.qt[d * w.ldm + m] = qs[d] * p.scale;
+                w.dot[d * w.ldm + m] = gs[d];
+                w.qrows[m * Dp + d] = qs[d];
+                w.dorows[m * Dp + d] = gs[d];
+            }
+            for (int g = 0; g < 2; ++g) {
+                set_lane(w.lanes[g], m, plan.group[g]);
+                if (plan.group[g].empty()) continue;
+                w.mx[g][m] = stats.row_max(b, h, i, g);
+                w.inv_sum[g][m] = 1.0f / stats.row_sum(b, h, i, g);
+                const float* og = stats.group_out.ptr(b, h, i, g);
+                double delta = 0.0;
+                for (std::int64_t d = 0; d < D; ++d) delta += double(gs[d]) * double(og[d]);
+                w.delta[g][m] = static_cast<float>(delta);
+            }
+        }
+    });
+
+    const int threads = resolve_num_threads(num_threads);
+    std::vector<backward_scratch> scratch(threads);
+    const std::int32_t Bk = std::max<std::int32_t>(1, config.key_block);
+
+    // dQ: one work item per tile.
+    parallel_for(tile_count, threads, [&](std::int64_t t, int thread) {
+        const tile_desc& tile = fp.tiles[t];
+        const backward_tile& pk = packed[t];
+        const std::int64_t b = tile.batch, hk = tile.kv_head, R = tile.count, ldm = pk.ldm;
+        const sequence_index& seq = fp.index[b];
+        backward_scratch& w = scratch[thread];
+        w.acc_a.assign(static_cast<std::size_t>(pk.M * Dp), 0.0f);
+        for (auto* buf : {&w.st, &w.dpt, &w.pt, &w.dst}) buf->resize(static_cast<std::size_t>(Bk * ldm));
+        for (std::int32_t k0 = pk.hi < 0 ? 0 : (pk.lo / Bk) * Bk; k0 <= pk.hi; k0 += Bk) {
+            const std::int32_t k1 = std::min(k0 + Bk, seq.length), n = k1 - k0;
+            const block_use use = classify_block(fp, tile, k0, k1);
+            if (!use.need_scores) continue;  // only softmax groups send gradient to Q
+            std::int64_t ks = 0, vs = 0;
+            const float* kb = block_rows(k, b, hk, k0, n, D, Dp, w.kbuf, &ks);
+            const float* vb = block_rows(v, b, hk, k0, n, D, Dp, w.vbuf, &vs);
+            scores_transposed(kb, ks, n, D, pk.qt.data(), ldm, w.st.data());
+            scores_transposed(vb, vs, n, D, pk.dot.data(), ldm, w.dpt.data());
+            std::fill(w.dst.begin(), w.dst.begin() + n * ldm, 0.0f);
+            for (int g = 0; g < 2; ++g) {
+                if (!use.used[g]) continue;
+                group_probabilities(w.st.data(), w.pt.data(), nullptr, n, ldm, use.masked[g], pk.lanes[g], seq, k0,
+                                    pk.mx[g].data(), pk.inv_sum[g].data());
+                accumulate_score_gradient(w.pt.data(), w.dpt.data(), w.dst.data(), n, ldm, pk.lanes[g],
+                                          pk.delta[g].data());
+            }
+            accumulate_values(w.dst.data(), ldm, n, kb, ks, Dp, w.acc_a.data(), pk.M);
+        }
+        for (std::int64_t m = 0; m < pk.M; ++m) {
+            float* o = dq.ptr(b, hk * G + m / R, active[b][tile.first + m % R]);
+            const float* a = w.acc_a.data() + m * Dp;
+            for (std::int64_t d = 0; d < D; ++d) o[d] = a[d] * p.scale;
+        }
+    });
+
+    // dK, dV: one work item per (sequence, kv head, key block); tiles of a (sequence, kv head) are
+    // consecutive in fp.tiles.
+    std::vector<std::int64_t> first_tile(p.batch * p.kv_heads + 1, tile_count);
+    for (std::int64_t t = tile_count; t-- > 0;)
+        first_tile[fp.tiles[t].batch * p.kv_heads + fp.tiles[t].kv_head] = t;
+    for (std::int64_t x = p.batch * p.kv_heads; x-- > 0;) first_tile[x] = std::min(first_tile[x], first_tile[x + 1]);
+    struct key_item {
+        std::int32_t batch, kv_head, k0;
+    };
+    std::vector<key_item> items;
+    for (std::int64_t b = 0; b < p.batch; ++b)
+        for (std::int64_t hk = 0; hk < p.kv_heads; ++hk)
+            for (std::int32_t k0 = 0; k0 < p.seq_kv_len[b]; k0 += Bk)
+                items.push_back({static_cast<std::int32_t>(b), static_cast<std::int32_t>(hk), k0});
+
+    parallel_for(static_cast<std::int64_t>(items.size()), threads, [&](std::int64_t item, int thread) {
+        const std::int64_t b = items[item].batch, hk = items[item].kv_head;
+        const std::int32_t k0 = items[item].k0;
+        const sequence_index& seq = fp.index[b];
+        const std::int32_t k1 = std::min(k0 + Bk, seq.length), n = k1 - k0;
+        backward_scratch& w = scratch[thread];
+        w.acc_a.assign(static_cast<std::size_t>(n * Dp), 0.0f);  // dK
+        w.acc_b.assign(static_cast<std::size_t>(n * Dp), 0.0f);  // dV
+        std::int64_t ks = 0, vs = 0;
+        const float* kb = block_rows(k, b, hk, k0, n, D, Dp, w.kbuf, &ks);
+        const float* vb = block_rows(v, b, hk, k0, n, D, Dp, w.vbuf, &vs);
+        const std::int64_t hk_index = b * p.kv_heads + hk;
+        for (std::int64_t t = first_tile[hk_index]; t < first_tile[hk_index + 1]; ++t) {
+            const backward_tile& pk = packed[t];
+            if (pk.hi < k0 || pk.lo >= k1) continue;
+            const tile_desc& tile = fp.tiles[t];
+            const block_use use = classify_block(fp, tile, k0, k1);
+            if (!use.any()) continue;
+            const std::int64_t ldm = pk.ldm;
+            for (auto* buf : {&w.st, &w.dpt, &w.pt, &w.psum, &w.dst}) buf->resize(static_cast<std::size_t>(Bk * ldm));
+            if (use.need_scores) {
+                scores_transposed(kb, ks, n, D, pk.qt.data(), ldm, w.st.data());
+                scores_transposed(vb, vs, n, D, pk.dot.data(), ldm, w.dpt.data());
+                std::fill(w.dst.begin(), w.dst.begin() + n * ldm, 0.0f);
+            } else {
+                std::fill(w.st.begin(), w.st.begin() + n * ldm, 0.0f);
+            }
+            std::fill(w.psum.begin(), w.psum.begin() + n * ldm, 0.0f);
+            for (int g = 0; g < 2; ++g) {
+                if (!use.used[g]) continue;
+                group_probabilities(w.st.data(), w.pt.data(), w.psum.data(), n, ldm, use.masked[g], pk.lanes[g], seq,
+                                    k0, pk.mx[g].data(), pk.inv_sum[g].data());
+                if (use.need_scores)
+                    accumulate_score_gradient(w.pt.data(), w.dpt.data(), w.dst.data(), n, ldm, pk.lanes[g],
+                                              pk.delta[g].data());
+            }
+            accumulate_product(w.psum.data(), ldm, n, pk.M, pk.dorows.data(), Dp, Dp, w.acc_b.data(), Dp);
+            if (use.need_scores)
+                accumulate_product(w.dst.data(), ldm, n, pk.M, pk.qrows.data(), Dp, Dp, w.acc_a.data(), Dp);
+        }
+        // Self terms: an image row j of mmca / mmca_reference outputs V_j itself, so dV_j += dO_j.
+        const std::int64_t first_row = p.seq_kv_len[b] - p.seq_q_len[b];
+        for (std::int32_t x = 0; x < n; ++x) {
+            const std::int64_t i = k0 + x - first_row;
+            if (i < 0 || i >= p.seq_q_len[b] || !plans[b][i].self_term) continue;
+            for (std::int64_t h = hk * G; h < (hk + 1) * G; ++h) {
+                const float* g = dout.ptr(b, h, i);
+                for (std::int64_t d = 0; d < D; ++d) w.acc_b[x * Dp + d] += g[d];
+            }
+        }
+        for (std::int32_t x = 0; x < n; ++x) {
+            float* ok = dk.ptr(b, hk, k0 + x);
+            float* ov = dv.ptr(b, hk, k0 + x);
+            for (std::int64_t d = 0; d < D; ++d) {
+                ok[d] = w.acc_a[x * Dp + d] * p.scale;
+                ov[d] = w.acc_b[x * Dp + d];
+            }
+        }
+    });
+}
+
+}  // namespace cpu
+}  // namespace mmca
