@@ -620,6 +620,18 @@ class VisualChatModel:
     ) -> Dict[str, Any]:
         """Runs up to `batch` sequences from scratch: logits (B, L, V), loss, count, lengths,
         token_types, image_ids, labels of the spliced sequences."""
+    def loss_and_grads(
+        self,
+        ids: Sequence[ArrayLike],
+        images: Optional[Sequence[Optional[NDArray[np.float32]]]] = None,
+        labels: Optional[Sequence[ArrayLike]] = None,
+        *,
+        embedding: bool = True,
+        projector: bool = True,
+        normalizer: float = 0.0,
+    ) -> Dict[str, Any]:
+        """Loss of a batch and the gradients of the token embedding ('lang_embed.weight') and the
+        projector ('projection.*') through the frozen decoder: loss, count, grads."""
     def append(self, ids: ArrayLike, images: Optional[NDArray[np.float32]] = None) -> NDArray[np.float32]:
         """Appends a chunk to the cache; the last token's logits (V,)."""
     def chat(
@@ -837,3 +849,39 @@ def synthetic_sample(
     max_rounds: int = 3,
 ) -> Dict[str, Any]:
     """Sample `index` of the synthetic multi-image task: images, shapes, rounds."""
+
+class ChatSession:
+    """A multi-round, multi-image conversation on a VisualChatModel with a Tokenizer (docs/chat.md)."""
+
+    def __init__(
+        self,
+        model: VisualChatModel,
+        tokenizer: Tokenizer,
+        *,
+        system_prompt: bool = True,
+        numbering: str = "string_level",
+        preset: str = "visualchat-448",
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        eos_ids: Optional[List[int]] = None,
+    ) -> None: ...
+    def ask(
+        self,
+        question: str,
+        images: Optional[Sequence[Union[str, "os.PathLike[str]", NDArray[np.uint8]]]] = None,
+        *,
+        on_text: Optional[Callable[[str], Optional[bool]]] = None,
+        on_image: Optional[Callable[[int, int], None]] = None,
+    ) -> Dict[str, Any]:
+        """Answers a question about 0..n images: text, tokens, reason, prompt_tokens, images,
+        encode_seconds, seconds."""
+    def clear(self) -> None:
+        """Starts a new conversation (the image cache stays)."""
+    @property
+    def rounds(self) -> int: ...
+    @property
+    def images_shown(self) -> int: ...

@@ -8,6 +8,7 @@
 
 #include "mmca/chat/session.hpp"
 #include "mmca/model/visual_chat_loader.hpp"
+#include "mmca/model/visual_chat_train.hpp"
 
 #include <pybind11/functional.h>
 #include <pybind11/numpy.h>
@@ -134,8 +135,9 @@ py::array embed_images(visual_chat_object& self, py::handle images) {
     return out;
 }
 
-py::dict forward(visual_chat_object& self, py::list ids, py::object images, py::object labels) {
-    const char* where = "mmca.VisualChatModel.forward";
+/// The batch samples of forward-style arguments (ids, images, labels lists), with the arrays kept alive.
+std::vector<mmca::visual_sample> samples_of(const char* where, py::list ids, py::object images, py::object labels,
+                                            std::vector<py::array>& keep) {
     const std::size_t B = py::len(ids);
     if (!images.is_none() && py::len(images) != B)
         raise_value_error(where, "images", std::to_string(py::len(images)) + " entries",
@@ -144,7 +146,6 @@ py::dict forward(visual_chat_object& self, py::list ids, py::object images, py::
         raise_value_error(where, "labels", std::to_string(py::len(labels)) + " entries",
                           std::to_string(B) + " (one label sequence per sequence)");
     std::vector<mmca::visual_sample> samples(B);
-    std::vector<py::array> keep;
     for (std::size_t b = 0; b < B; ++b) {
         samples[b].ids = token_list(ids[b], where, "ids");
         if (!labels.is_none()) samples[b].labels = token_list(py::list(labels)[b], where, "labels");
@@ -154,6 +155,14 @@ py::dict forward(visual_chat_object& self, py::list ids, py::object images, py::
             samples[b].images = view;
         }
     }
+    return samples;
+}
+
+py::dict forward(visual_chat_object& self, py::list ids, py::object images, py::object labels) {
+    const char* where = "mmca.VisualChatModel.forward";
+    std::vector<py::array> keep;
+    const auto samples = samples_of(where, ids, images, labels, keep);
+    const std::size_t B = samples.size();
     std::vector<float> logits;
     std::int64_t L = 0;
     mmca::loss_result loss;
@@ -193,6 +202,43 @@ py::dict forward(visual_chat_object& self, py::list ids, py::object images, py::
     d["token_types"] = types;
     d["image_ids"] = image_ids;
     d["labels"] = lab;
+    return d;
+}
+
+py::dict loss_and_grads(visual_chat_object& self, py::list ids, py::object images, py::object labels, bool embedding,
+                        bool projector, double normalizer) {
+    const char* where = "mmca.VisualChatModel.loss_and_grads";
+    std::vector<py::array> keep;
+    const auto samples = samples_of(where, ids, images, labels, keep);
+    if (normalizer < 0.0) raise_value_error(where, "normalizer", std::to_string(normalizer), "a count >= 0 (0: this batch's)");
+    py::dict grads;
+    mmca::loss_result r;
+    self.visit([&](auto& m) {
+        mmca::visual_chat_grads g = mmca::make_visual_chat_grads(m, embedding, projector);
+        {
+            py::gil_scoped_release release;
+            std::lock_guard<std::mutex> lock(self.mutex());
+            r = mmca::visual_chat_loss_and_gradients(m, samples, g, normalizer);
+        }
+        const auto& c = m.language().config();
+        if (!g.embed.empty()) {
+            py::array_t<float> e({static_cast<py::ssize_t>(c.vocab_size), static_cast<py::ssize_t>(c.hidden_size)});
+            std::copy(g.embed.begin(), g.embed.end(), e.mutable_data());
+            grads["lang_embed.weight"] = e;
+        }
+        if (projector) {
+            auto& tower = static_cast<mmca::encoder_projector_tower&>(m.tower());
+            for (const auto& n : mmca::vision::named_projector_gradients(tower.projector(), g.projector)) {
+                py::array_t<float> a(std::vector<py::ssize_t>(n.shape.begin(), n.shape.end()));
+                std::copy(n.values->begin(), n.values->end(), a.mutable_data());
+                grads[("projection." + n.name).c_str()] = a;
+            }
+        }
+    });
+    py::dict d;
+    d["loss"] = r.count > 0 ? r.sum / (normalizer > 0.0 ? normalizer : static_cast<double>(r.count)) : 0.0;
+    d["count"] = r.count;
+    d["grads"] = grads;
     return d;
 }
 
@@ -397,6 +443,14 @@ ids: a list of token-id sequences; images: a list of (n_b, 3, S, S) float32 arra
 sequence (or None); labels: a list of label sequences (-100: not supervised) or None. Returns a dict:
 logits (B, L, V) float32 over the spliced sequences (L the longest), loss (mean shifted
 cross-entropy; 0.0 when nothing is supervised), count, lengths, token_types, image_ids, labels.)doc")
+        .def("loss_and_grads", &loss_and_grads, py::arg("ids"), py::arg("images") = py::none(),
+             py::arg("labels") = py::none(), py::kw_only(), py::arg("embedding") = true, py::arg("projector") = true,
+             py::arg("normalizer") = 0.0,
+             R"doc(Loss of a batch (same arguments as forward) and the gradients of the trainable parts: the token
+embedding ('lang_embed.weight', when embedding) and every projector parameter ('projection.*', when
+projector). The encoder and the decoder are frozen; gradients flow through the decoder to its input
+rows. normalizer: the loss divisor (0: this batch's supervised token count). Returns a dict: loss,
+count, grads (name -> float32 array).)doc")
         .def("append", &append, py::arg("ids"), py::arg("images") = py::none(),
              "Appends ids (with placeholders) and their images to the cache; returns the last token's logits (V,).")
         .def("chat", &chat_round, py::arg("ids"), py::arg("images") = py::none(), py::kw_only(),

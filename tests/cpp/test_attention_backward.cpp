@@ -101,6 +101,24 @@ TEST(AttentionBackward, LongSequenceSeveralTiles) {
     for (const auto& v : all_variants()) expect_close({1, 4, 2, 64, 300, {}, {pk::interleaved}, ++seed}, v);
 }
 
+// Queries that are only the last rows of the keys (a chunk on top of earlier tokens).
+TEST(AttentionBackward, QueriesAreASuffixOfTheKeys) {
+    std::vector<token_sequence> seqs = {make_pattern(pk::interleaved, 100, 1), make_pattern(pk::leading_image, 70, 2)};
+    owned_tokens tokens(seqs, 100, true);
+    tokens.set_kv_lens({100, 70});
+    tokens.set_q_lens({40, 25});
+    backward_data x{random_tensor({2, 4, 40, 64}, 21, -2.0f, 2.0f), random_tensor({2, 2, 100, 64}, 22, -2.0f, 2.0f),
+                    random_tensor({2, 2, 100, 64}, 23), random_tensor({2, 4, 40, 64}, 24), tokens};
+    for (const auto& v : all_variants()) {
+        SCOPED_TRACE(v.name());
+        const auto fused = fused_gradients(x, v.options(2));
+        const auto ref = reference_gradients(x, v.options(2));
+        EXPECT_TRUE(all_close(fused.dq, ref.dq, 1e-4)) << "dq";
+        EXPECT_TRUE(all_close(fused.dk, ref.dk, 1e-4)) << "dk";
+        EXPECT_TRUE(all_close(fused.dv, ref.dv, 1e-4)) << "dv";
+    }
+}
+
 // The reference code's degenerate rows of mmca_reference: image rows before any text average V
 // uniformly (over earlier tokens and later text); that term sends gradient to V only.
 TEST(AttentionBackward, UniformRowsSendNoGradientToQueries) {

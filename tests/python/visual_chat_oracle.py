@@ -140,3 +140,87 @@ def greedy(info, ids, rows, max_new_tokens, eos=(2,), variant="mmca"):
         if t in eos:
             break
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Gradients of the trainable parts (token embedding, baseline projector) by torch autograd
+# --------------------------------------------------------------------------------------------
+def _grad_safe_attention(self, hidden_states, attention_mask=None, position_ids=None,
+                         past_key_value=None, output_attentions=False, use_cache=False, **kwargs):
+    """llama_hf_oracle's two-softmax attention with fully masked groups handled without NaN in
+    backward (their probabilities are exactly 0 and carry no gradient)."""
+    import math
+
+    from transformers.models.llama import modeling_llama as ml
+
+    bsz, q_len, _ = hidden_states.size()
+    q = self.q_proj(hidden_states).view(bsz, q_len, self.num_heads, self.head_dim).transpose(1, 2)
+    k = self.k_proj(hidden_states).view(bsz, q_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+    v = self.v_proj(hidden_states).view(bsz, q_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+    cos, sin = self.rotary_emb(v, seq_len=q_len)
+    q, k = ml.apply_rotary_pos_emb(q, k, cos, sin, position_ids)
+    k = ml.repeat_kv(k, self.num_key_value_groups)
+    v = ml.repeat_kv(v, self.num_key_value_groups)
+    scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(self.head_dim)
+    out = torch.zeros_like(q)
+    for mask in lo.CTX.masks:
+        empty = torch.isneginf(mask).all(dim=-1, keepdim=True)
+        s = torch.where(empty, torch.zeros_like(scores), scores + mask)
+        p = torch.where(empty, torch.zeros_like(scores), torch.softmax(s, dim=-1))
+        out = out + torch.matmul(p, v)
+    out = out.transpose(1, 2).reshape(bsz, q_len, self.hidden_size)
+    return self.o_proj(out), None, None
+
+
+def loss_and_grads(info, variant, samples, policy="preceding"):
+    """samples: [(ids, images (n, 3, S, S) or None, labels)]. Mean shifted cross-entropy over the
+    batch's supervised tokens and its gradients w.r.t. lang_embed and the baseline projector."""
+    import torch.nn.functional as F
+    from transformers.models.llama import modeling_llama as ml
+
+    assert info["proj"] == "baseline"
+    sd = {k[len("projection."):]: v.detach().clone().float().requires_grad_() for k, v in info["proj_sd"].items()}
+    table = info["lang_embed"].detach().clone().float().requires_grad_()
+    model = info["llama"]
+    total, count = 0.0, 0
+    for ids, images, labels in samples:
+        if images is not None and len(images):
+            with torch.no_grad():
+                feats = qo.forward(info["vit"], torch.from_numpy(images), heads=4, pool_heads=2).float()
+            rows = F.layer_norm(F.linear(feats, sd["0.weight"], sd["0.bias"]), (H,), sd["1.weight"], sd["1.bias"], 1e-12)
+        else:
+            rows = None
+        parts, k = [], 0
+        for t in ids:
+            if t == info["image_token"]:
+                parts.append(rows[k])
+                k += 1
+            else:
+                parts.append(table[t][None])
+        emb = torch.cat(parts)[None]
+        _, types, img_ids, src = splice(info, ids, None if rows is None else rows.detach().numpy())
+        lab = torch.tensor([labels[s] if s >= 0 else -100 for s in src])
+        L = emb.shape[1]
+        pos = torch.arange(L)[None]
+        old_attn, old_layer = ml.LlamaAttention.forward, ml.LlamaDecoderLayer.forward
+        try:
+            if variant != "causal":
+                lo.CTX.masks = [m[None, None] for m in lo.group_masks(variant, types, img_ids, 0, L, policy)]
+                lo.CTX.image_rows = torch.from_numpy(types == 2)[None] if variant == "causal_cross" else None
+                ml.LlamaAttention.forward = _grad_safe_attention
+                if variant == "causal_cross":
+                    ml.LlamaDecoderLayer.forward = lo._keep_image_rows_layer
+                logits = model(inputs_embeds=emb, position_ids=pos).logits[0]
+            else:
+                logits = model(inputs_embeds=emb, attention_mask=torch.ones(1, L, dtype=torch.long),
+                               position_ids=pos).logits[0]
+        finally:
+            ml.LlamaAttention.forward, ml.LlamaDecoderLayer.forward = old_attn, old_layer
+            lo.CTX.masks, lo.CTX.image_rows = None, None
+        total = total + F.cross_entropy(logits[:-1], lab[1:], ignore_index=-100, reduction="sum")
+        count += int((lab[1:] != -100).sum())
+    loss = total / count
+    loss.backward()
+    grads = {"lang_embed.weight": table.grad.numpy()}
+    grads.update({"projection." + k: v.grad.numpy() for k, v in sd.items()})
+    return float(loss), count, grads

@@ -67,11 +67,16 @@ public:
         const std::int64_t N = images.shape[0], T = encoder_tokens(), Dv = encoder_width();
         features_.resize(static_cast<std::size_t>(N * T * Dv));
         tensor_ref<float, 3> f(features_.data(), {N, T, Dv});
-        if (qwen_)
-            qwen_->encode(images, f, num_threads);
-        else
-            clip_->encode(images, f, clip_layer_, num_threads);
+        encode(images, f, num_threads);
         projector_.project(f, out, num_threads);
+    }
+
+    /// out (N, encoder_tokens(), encoder_width()) = the frozen encoder's features of images.
+    void encode(tensor_ref<const float, 4> images, tensor_ref<float, 3> out, int num_threads) const {
+        if (qwen_)
+            qwen_->encode(images, out, num_threads);
+        else
+            clip_->encode(images, out, clip_layer_, num_threads);
     }
 
 private:

@@ -81,7 +81,8 @@ inline void adamw_update(float* p, const float* g, float* m, float* v, std::int6
     }
 }
 
-/// AdamW over the parameters of a registry (which must not gain parameters after construction).
+/// AdamW over the parameters of a registry, which must outlive the optimizer, stay where it is (not
+/// be moved from) and not gain parameters after the optimizer's construction.
 class adamw {
 public:
     adamw(parameter_registry& params, const adamw_options& options = {}, int num_threads = 0)

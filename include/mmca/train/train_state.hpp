@@ -168,29 +168,38 @@ inline void load_train_state(const std::string& path, parameter_registry& params
     if (!detail::parse_rng(meta_value("rng.mt19937_64"), rng))
         bad("metadata rng.mt19937_64 that is not a std::mt19937_64 state", "the text written by operator<< of the engine");
 
-    // Every tensor the file must hold, with its dtype and shape; any other tensor is an error.
-    std::map<std::string, std::pair<io::st_dtype, std::vector<std::int64_t>>> expected;
+    // Every tensor the file must hold, with its dtype and shape, checked in registration order
+    // (each parameter, then its moments, then the counters); any other tensor is an error.
+    struct expected_tensor {
+        std::string name;
+        io::st_dtype type;
+        std::vector<std::int64_t> shape;
+    };
+    std::vector<expected_tensor> expected;
+    std::map<std::string, std::size_t> expected_index;
+    auto expect = [&](const std::string& name, io::st_dtype type, const std::vector<std::int64_t>& shape) {
+        expected_index[name] = expected.size();
+        expected.push_back(expected_tensor{name, type, shape});
+    };
     for (const parameter& p : params) {
-        expected[p.name] = {io::st_dtype::F32, p.shape};
-        expected["optimizer.exp_avg." + p.name] = {io::st_dtype::F32, p.shape};
-        expected["optimizer.exp_avg_sq." + p.name] = {io::st_dtype::F32, p.shape};
+        expect(p.name, io::st_dtype::F32, p.shape);
+        expect("optimizer.exp_avg." + p.name, io::st_dtype::F32, p.shape);
+        expect("optimizer.exp_avg_sq." + p.name, io::st_dtype::F32, p.shape);
     }
-    for (const char* counter : {"train.step", "train.epoch", "train.data_position"})
-        expected[counter] = {io::st_dtype::I64, {}};
+    for (const char* counter : {"train.step", "train.epoch", "train.data_position"}) expect(counter, io::st_dtype::I64, {});
     for (const io::tensor_info& t : file.tensors())
-        if (!expected.count(t.name))
+        if (!expected_index.count(t.name))
             bad("tensor '" + t.name + "', which is not a parameter of the registry (" + std::to_string(params.size()) +
                     " parameters)",
                 "the tensors of the same parameters");
-    for (const auto& kv : expected) {
-        const io::tensor_info* t = file.find(kv.first);
-        if (!t) bad("no tensor '" + kv.first + "'", "every parameter and its optimizer moments");
-        if (t->type != kv.second.first)
-            bad("tensor '" + kv.first + "' of dtype " + io::st_dtype_name(t->type),
-                std::string("dtype ") + io::st_dtype_name(kv.second.first));
-        if (t->shape != kv.second.second)
-            bad("tensor '" + kv.first + "' of shape " + t->shape_text(),
-                "shape " + mmca::detail::shape_text(kv.second.second) + " (the registry's)");
+    for (const expected_tensor& e : expected) {
+        const io::tensor_info* t = file.find(e.name);
+        if (!t) bad("no tensor '" + e.name + "'", "every parameter and its optimizer moments");
+        if (t->type != e.type)
+            bad("tensor '" + e.name + "' of dtype " + io::st_dtype_name(t->type), std::string("dtype ") + io::st_dtype_name(e.type));
+        if (t->shape != e.shape)
+            bad("tensor '" + e.name + "' of shape " + t->shape_text(),
+                "shape " + mmca::detail::shape_text(e.shape) + " (the registry's)");
     }
     auto counter = [&](const char* name) {
         std::int64_t v = 0;

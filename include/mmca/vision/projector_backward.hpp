@@ -530,4 +530,57 @@ inline void projector_backward(const projector& p, const projector_tape& tape, t
     }
 }
 
+/// One parameter gradient of a projector under its checkpoint name (relative to the prefix).
+struct named_gradient {
+    std::string name;
+    std::vector<float>* values;
+    std::vector<std::int64_t> shape;
+};
+
+/// The non-empty gradients of g under the projector's checkpoint tensor names (relative to the
+/// prefix, e.g. "0.weight" for "projection.0.weight"), in a fixed order.
+inline std::vector<named_gradient> named_projector_gradients(const projector& p, projector_grads& g) {
+    const auto& c = p.config();
+    const std::int64_t Dv = c.vision_dim, H = c.hidden;
+    std::vector<named_gradient> out;
+    auto put = [&](const char* name, std::vector<float>& v, std::vector<std::int64_t> shape) {
+        if (!v.empty()) out.push_back(named_gradient{name, &v, std::move(shape)});
+    };
+    switch (c.kind) {
+        case projector_kind::baseline:
+            put("0.weight", g.linear, {H, Dv}), put("0.bias", g.linear_bias, {H});
+            put("1.weight", g.norm_w, {H}), put("1.bias", g.norm_b, {H});
+            break;
+        case projector_kind::vit: {
+            const std::int64_t M = c.layer.mlp_width;
+            auto& L = g.layer;
+            put("vis_layer.layer_norm1.weight", L.ln1_w, {Dv}), put("vis_layer.layer_norm1.bias", L.ln1_b, {Dv});
+            put("vis_layer.self_attn.q_proj.weight", L.q, {Dv, Dv}), put("vis_layer.self_attn.q_proj.bias", L.q_bias, {Dv});
+            put("vis_layer.self_attn.k_proj.weight", L.k, {Dv, Dv}), put("vis_layer.self_attn.k_proj.bias", L.k_bias, {Dv});
+            put("vis_layer.self_attn.v_proj.weight", L.v, {Dv, Dv}), put("vis_layer.self_attn.v_proj.bias", L.v_bias, {Dv});
+            put("vis_layer.self_attn.out_proj.weight", L.out, {Dv, Dv});
+            put("vis_layer.self_attn.out_proj.bias", L.out_bias, {Dv});
+            put("vis_layer.layer_norm2.weight", L.ln2_w, {Dv}), put("vis_layer.layer_norm2.bias", L.ln2_b, {Dv});
+            put("vis_layer.mlp.fc1.weight", L.fc1, {M, Dv}), put("vis_layer.mlp.fc1.bias", L.fc1_bias, {M});
+            put("vis_layer.mlp.fc2.weight", L.fc2, {Dv, M}), put("vis_layer.mlp.fc2.bias", L.fc2_bias, {Dv});
+            put("projection.0.weight", g.linear, {H, Dv}), put("projection.0.bias", g.linear_bias, {H});
+            put("projection.1.weight", g.norm_w, {H}), put("projection.1.bias", g.norm_b, {H});
+            break;
+        }
+        case projector_kind::perceiver: {
+            auto& P = g.pool;
+            put("query", P.query, {c.queries, H});
+            put("kv_proj.weight", P.kv_proj, {H, Dv}), put("kv_proj.bias", P.kv_proj_bias, {H});
+            put("ln_q.weight", P.ln_q_w, {H}), put("ln_q.bias", P.ln_q_b, {H});
+            put("ln_kv.weight", P.ln_kv_w, {H}), put("ln_kv.bias", P.ln_kv_b, {H});
+            put("attn.in_proj_weight", P.in_proj, {3 * H, H}), put("attn.in_proj_bias", P.in_proj_bias, {3 * H});
+            put("attn.out_proj.weight", P.out_proj, {H, H}), put("attn.out_proj.bias", P.out_proj_bias, {H});
+            put("projection.0.weight", g.norm_w, {H}), put("projection.0.bias", g.norm_b, {H});
+            put("projection.1.weight", g.linear, {H, H}), put("projection.1.bias", g.linear_bias, {H});
+            break;
+        }
+    }
+    return out;
+}
+
 }  // namespace mmca::vision
