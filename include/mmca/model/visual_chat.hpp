@@ -22,10 +22,12 @@
 #pragma once
 
 #include "mmca/core/error.hpp"
+#include "mmca/core/labels.hpp"
 #include "mmca/core/hash.hpp"
 #include "mmca/core/tensor.hpp"
 #include "mmca/language/generation.hpp"
 #include "mmca/language/model.hpp"
+#include "mmca/nn/grad/loss.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -60,8 +62,6 @@ enum class image_order : std::uint8_t {
 
 inline const char* to_string(image_order o) { return o == image_order::reverse ? "reverse" : "in_order"; }
 
-/// Label value of rows that are not supervised.
-inline constexpr std::int32_t ignore_label = -100;
 
 /// One sequence after the splice.
 struct spliced_sequence {
@@ -149,19 +149,11 @@ inline loss_result shifted_cross_entropy(tensor_ref<const float, 3> logits,
         const std::int64_t n = static_cast<std::int64_t>(lab.size());
         MMCA_CHECK_ARG(n <= L, where, "labels", "sequence " + to_text(b) + " of " + to_text(n) + " labels",
                        "at most " + to_text(L) + " (the logits' length)");
-        for (std::int64_t t = 0; t + 1 < n; ++t) {
-            const std::int32_t y = lab[static_cast<std::size_t>(t + 1)];
-            if (y == ignore_label) continue;
-            MMCA_CHECK_ARG(y >= 0 && y < V, where, "labels",
-                           "labels[" + to_text(b) + "][" + to_text(t + 1) + "] = " + to_text(y),
-                           "a token id in [0, " + to_text(V) + ") or -100");
-            const float* row = logits.ptr(b, t);
-            const float mx = *std::max_element(row, row + V);
-            double s = 0.0;
-            for (std::int64_t v = 0; v < V; ++v) s += std::exp(static_cast<double>(row[v]) - mx);
-            r.sum += std::log(s) + mx - static_cast<double>(row[y]);
-            ++r.count;
-        }
+        if (n == 0) continue;
+        const auto c = nn::cross_entropy_forward_backward(
+            tensor_ref<const float, 2>(logits.ptr(b, 0), {n, V}, {logits.strides[1], 1}), lab.data(), {});
+        r.sum += c.loss_sum;
+        r.count += c.count;
     }
     return r;
 }

@@ -25,6 +25,7 @@
 #pragma once
 
 #include "mmca/core/error.hpp"
+#include "mmca/core/labels.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -39,8 +40,6 @@ inline constexpr std::string_view default_system_prompt =
     "You are a helpful language and vision assistant. You are able to understand the visual content that the "
     "user provides, and assist the user with a variety of tasks using natural language.\n\n";
 
-/// Label value of a token that is not supervised (PyTorch's cross-entropy ignore_index).
-inline constexpr std::int32_t ignore_label = -100;
 
 /// One question/answer exchange, with the images shown right before the question.
 struct chat_round {

@@ -13,6 +13,7 @@
 #pragma once
 
 #include "mmca/core/error.hpp"
+#include "mmca/core/labels.hpp"
 #include "mmca/core/tensor.hpp"
 #include "mmca/core/threading.hpp"
 
@@ -24,8 +25,6 @@
 
 namespace mmca::nn {
 
-/// Label value of a row that is not supervised.
-inline constexpr std::int32_t ignore_label = -100;
 
 struct cross_entropy_result {
     double loss = 0.0;        // loss_sum / normalizer (0 when nothing is supervised)
