@@ -5,10 +5,10 @@
 //   * Few rows (decoding, N <= 8): a matrix-vector kernel streams each weight row once, widening
 //     16 elements at a time in registers, for up to 4 activation rows at once. This is the
 //     memory-bound case: its speed is the speed at which weight bytes arrive from memory.
-//   * Many rows (prefill): the output columns are cut into panels of 128 weight rows. float32
-//     panels are used in place; float16/bfloat16 panels are widened into a per-thread buffer
-//     (128 × in floats) right before Eigen's GEMM consumes them, so at most one panel per thread
-//     exists in float32 at any time.
+//   * Many rows (prefill): the output columns are cut into panels of up to 512 weight rows
+//     (forward_panel_rows). float32 panels are used in place; float16/bfloat16 panels are widened
+//     into a per-thread buffer (at most 16 MiB) right before Eigen's GEMM consumes them, so at most
+//     one panel per thread exists in float32 at any time.
 // Work is spread over output-row blocks (mmca::parallel_for); Eigen's GEMM runs single-threaded
 // inside each block, so the thread count given here is the one used.
 #pragma once
@@ -89,8 +89,19 @@ inline void eigen_products_on_calling_thread() {
 
 /// Number of activation rows up to which linear_forward uses the matrix-vector kernel.
 inline constexpr std::int64_t gemv_max_rows = 8;
-/// Weight rows per GEMM panel (and per work item of the matrix-vector kernel: gemv_block).
+/// Weight rows per panel of the backward's weight-gradient products.
 inline constexpr std::int64_t gemm_panel_rows = 128;
+
+/// Weight rows per GEMM panel of the forward. Each panel is one Eigen product, which packs all of
+/// x again: wide panels amortise that (measured on AVX2, N = 1024, in = 1664: 128 rows 36 GFLOP/s,
+/// 512 rows 51). float16/bfloat16 panels are widened into a per-thread float32 buffer, kept under
+/// 16 MiB. The width depends on the shapes only, never on the thread count, so results do not
+/// either.
+inline std::int64_t forward_panel_rows(std::int64_t in, bool widened) {
+    if (!widened) return 512;
+    const std::int64_t fit = (std::int64_t{16} << 20) / (4 * std::max<std::int64_t>(in, 1));
+    return std::clamp<std::int64_t>(fit / 64 * 64, 128, 512);
+}
 inline constexpr std::int64_t gemv_block_rows = 64;
 
 #if MMCA_NN_HAVE_AVX2
@@ -196,19 +207,20 @@ void linear_typed(tensor_ref<const float, 2> x, const T* w, std::int64_t out, st
         });
         return;
     }
-    const std::int64_t blocks = (out + gemm_panel_rows - 1) / gemm_panel_rows;
+    const std::int64_t rows = forward_panel_rows(in, !std::is_same_v<T, float>);
+    const std::int64_t blocks = (out + rows - 1) / rows;
     if constexpr (std::is_same_v<T, float>) {
         parallel_for(blocks, threads, [&](std::int64_t blk, int) {
-            const std::int64_t o0 = blk * gemm_panel_rows, o1 = std::min(out, o0 + gemm_panel_rows);
+            const std::int64_t o0 = blk * rows, o1 = std::min(out, o0 + rows);
             gemm_panel(x, w + o0 * in, in, bias, y, o0, o1);
         });
     } else {
         // One widened panel per thread, reused across that thread's panels.
         std::vector<std::vector<float>> panels(static_cast<std::size_t>(threads));
         parallel_for(blocks, threads, [&](std::int64_t blk, int thread) {
-            const std::int64_t o0 = blk * gemm_panel_rows, o1 = std::min(out, o0 + gemm_panel_rows);
+            const std::int64_t o0 = blk * rows, o1 = std::min(out, o0 + rows);
             auto& panel = panels[static_cast<std::size_t>(thread)];
-            panel.resize(static_cast<std::size_t>(gemm_panel_rows * in));
+            panel.resize(static_cast<std::size_t>(rows * in));
             to_float(w + o0 * in, panel.data(), (o1 - o0) * in);
             gemm_panel(x, panel.data(), in, bias, y, o0, o1);
         });
