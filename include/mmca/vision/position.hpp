@@ -48,6 +48,15 @@ inline std::vector<float> sincos_2d(std::int64_t grid, std::int64_t dim) {
 
 namespace detail {
 
+/// The side s of an s×s grid of n cells, or -1 when n is not a perfect square.
+inline std::int64_t grid_side(std::int64_t n) {
+    if (n <= 0) return -1;
+    auto s = static_cast<std::int64_t>(std::llround(std::sqrt(static_cast<double>(n))));
+    while (s * s > n) --s;
+    while ((s + 1) * (s + 1) <= n) ++s;
+    return s * s == n ? s : -1;
+}
+
 /// The four taps and weights of torch's bicubic interpolation for output index o.
 struct cubic_taps {
     std::int64_t index[4];

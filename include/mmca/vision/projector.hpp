@@ -55,19 +55,6 @@ inline projector_kind parse_projector_kind(const std::string& name,
     throw invalid_argument(where, "kind", "\"" + name + "\"", "one of \"baseline\", \"vit\", \"perceiver\"");
 }
 
-namespace detail {
-
-/// s with s² = n, or -1 when n is not a perfect square.
-inline std::int64_t exact_sqrt(std::int64_t n) {
-    if (n < 0) return -1;
-    auto s = static_cast<std::int64_t>(std::llround(std::sqrt(static_cast<double>(n))));
-    while (s * s > n) --s;
-    while ((s + 1) * (s + 1) <= n) ++s;
-    return s * s == n ? s : -1;
-}
-
-}  // namespace detail
-
 struct projector_config {
     projector_kind kind = projector_kind::baseline;
     std::int64_t vision_dim = 4096;    // Dv: width of the image features (QWen-VL ViT: 4096, CLIP ViT-L: 1024)
@@ -120,9 +107,9 @@ struct projector_config {
                            "a number of heads dividing H = " + to_text(hidden) + " (0: H / 128, for H a multiple of 128)");
             MMCA_CHECK_ARG(hidden % 4 == 0, where, "hidden", to_text(hidden),
                            "a multiple of 4 (the 2D sin-cos positions of the perceiver)");
-            MMCA_CHECK_ARG(queries > 0 && detail::exact_sqrt(queries) > 0, where, "queries", to_text(queries),
+            MMCA_CHECK_ARG(queries > 0 && detail::grid_side(queries) > 0, where, "queries", to_text(queries),
                            "a positive square number (the queries form a square grid)");
-            MMCA_CHECK_ARG(key_tokens() > 0 && detail::exact_sqrt(key_tokens()) > 0, where, "input_tokens",
+            MMCA_CHECK_ARG(key_tokens() > 0 && detail::grid_side(key_tokens()) > 0, where, "input_tokens",
                            to_text(input_tokens) + (has_cls ? " with a CLS token" : " without a CLS token"),
                            "a square number of image tokens (after dropping the CLS token)");
         }
@@ -159,8 +146,8 @@ public:
         if (kind == projector_kind::perceiver) {
             pool_config_ = attention_pool_config{config_.queries, Dv, H, config_.attention_heads(), config_.eps};
             auto& p = weights_.pool;
-            const std::int64_t grid_q = detail::exact_sqrt(config_.queries);
-            const std::int64_t grid_k = detail::exact_sqrt(config_.key_tokens());
+            const std::int64_t grid_q = detail::grid_side(config_.queries);
+            const std::int64_t grid_k = detail::grid_side(config_.key_tokens());
             if (p.q_pos.empty()) p.q_pos = sincos_2d(grid_q, H);
             detail::check_vector(p.q_pos, config_.queries * H, false, where, "query positions");
             if (p.k_pos.empty())

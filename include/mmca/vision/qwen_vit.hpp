@@ -42,19 +42,6 @@
 
 namespace mmca::vision {
 
-namespace detail {
-
-/// The side s of an s×s grid of n cells, or -1 when n is not a perfect square.
-inline std::int64_t grid_side(std::int64_t n) {
-    if (n <= 0) return -1;
-    auto s = static_cast<std::int64_t>(std::llround(std::sqrt(static_cast<double>(n))));
-    while (s * s > n) --s;
-    while ((s + 1) * (s + 1) <= n) ++s;
-    return s * s == n ? s : -1;
-}
-
-}  // namespace detail
-
 /// Shape of a QWen-VL ViT. Defaults: the encoder of QWen-VL / DeepSpeed-VisualChat (1.9B parameters).
 struct qwen_vit_config {
     std::int64_t image_size = 448;   // S: input images are S×S
