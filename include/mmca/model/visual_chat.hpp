@@ -201,6 +201,7 @@ public:
     llama_model<KV>& language() { return lm_; }
     const llama_model<KV>& language() const { return lm_; }
     vision_tower& tower() { return *tower_; }
+    const vision_tower& tower() const { return *tower_; }
     const visual_chat_options& options() const { return options_; }
     void set_image_order(image_order o) { options_.order = o; }
     /// Images run through the tower so far (cache hits do not count).

@@ -42,7 +42,7 @@ visual_chat_grads make_visual_chat_grads(const visual_chat_model<KV>& m, bool em
     const auto& c = m.language().config();
     if (embedding) g.embed.assign(static_cast<std::size_t>(c.vocab_size * c.hidden_size), 0.0f);
     g.train_projector = projector;
-    const auto* tower = dynamic_cast<const encoder_projector_tower*>(&const_cast<visual_chat_model<KV>&>(m).tower());
+    const auto* tower = dynamic_cast<const encoder_projector_tower*>(&m.tower());
     if (projector && tower) g.projector = vision::make_projector_grads(tower->projector());
     return g;
 }
