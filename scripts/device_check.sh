@@ -7,15 +7,16 @@
 # GoogleTest's source in .deps/ (scripts/vendor_deps.sh; the GPU machines have no -dev packages).
 # Steps, each with its own time limit, each logging to $OUT/<step>.log:
 #   1. device facts (nvidia-smi, nvcc, torch)                     -> device.txt
-#   2. configure (Ninja, Release, CUDA on, sm_${CUDA_ARCH:-90}, no Python / CPU benchmarks /
-#      examples) and build mmca_cuda_tests + the benchmark's ctypes shim, in parallel -> build.log
-#   3. the CUDA tests (GoogleTest)                                -> tests.log
-#   4. the benchmark (fused MMCA vs SDPA flash vs the two-softmax method) -> bench.log, bench.md
-#   5. compute-sanitizer memcheck and racecheck on a small subset of the attention tests
+#   2. configure (Ninja, Release, CUDA on, sm_${CUDA_ARCH:-90}, no CPU benchmarks / examples; of
+#      Python only mmca._cuda, with pip's pybind11) and build mmca_cuda_tests, _cuda and the
+#      benchmark's ctypes shim, in parallel                       -> build.log
+#   3. compute-sanitizer memcheck and racecheck on a subset of the tests, in the background
 #                                                                 -> memcheck.log, racecheck.log
+#   4. the CUDA tests (GoogleTest), then tests/test_cuda.py on mmca._cuda -> tests.log, pytest.log
+#   5. the benchmark (fused MMCA forward and backward vs SDPA flash vs the two-softmax method),
+#      alone on the GPU; BENCH_ARGS adds arguments               -> bench.log, bench.md
 # A summary (one line per step: exit code, seconds) goes to $OUT/summary.txt and, with the test
-# totals and the benchmark table, to stdout at the end. On an H200 machine with 16 cores it took
-# about 60 s (build 33 s). The exit code is that of the test step.
+# totals and the benchmark table, to stdout at the end. The exit code is that of the test step.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -65,15 +66,24 @@ EIGEN_INC=/usr/include/eigen3
 TP_INC=/usr/include
 if [[ -d "${DEPS}/include/eigen3" ]]; then EIGEN_INC="${DEPS}/include/eigen3"; TP_INC="${DEPS}/include"; fi
 build() {
+  # The Python side: only mmca._cuda (no SentencePiece here), with pip's pybind11 when present.
+  local python_flags=(-DMMCA_BUILD_PYTHON=OFF)
+  local pybind_dir
+  if pybind_dir="$(python3 -m pybind11 --cmakedir 2>/dev/null)"; then
+    python_flags=(-DMMCA_BUILD_PYTHON=ON -DMMCA_PYTHON_CUDA_ONLY=ON -Dpybind11_DIR="${pybind_dir}"
+                  -DPython_EXECUTABLE="$(command -v python3)")
+  fi
   cmake -S "${ROOT}" -B "${BUILD}" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-        -DMMCA_ENABLE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${ARCH}" -DMMCA_BUILD_PYTHON=OFF \
+        -DMMCA_ENABLE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${ARCH}" "${python_flags[@]}" \
         -DMMCA_BUILD_BENCHMARKS=OFF -DMMCA_BUILD_EXAMPLES=OFF -DMMCA_BUILD_TESTS=ON \
         -DMMCA_THIRD_PARTY_DIR="${DEPS}" || return 1
   "${NVCC}" -std=c++17 -O3 -arch="sm_${ARCH}" -shared -Xcompiler -fPIC -DEIGEN_NO_CUDA \
             -I"${ROOT}/include" -isystem "${EIGEN_INC}" -isystem "${TP_INC}" \
             "${ROOT}/benchmarks/cuda/mmca_cuda_capi.cu" -o "${BUILD}/libmmca_cuda_capi.so" &
   local shim=$!
-  cmake --build "${BUILD}" --target mmca_cuda_tests -j "${JOBS}"
+  local targets=(mmca_cuda_tests)
+  if [[ "${python_flags[0]}" == "-DMMCA_BUILD_PYTHON=ON" ]]; then targets+=(_cuda); fi
+  cmake --build "${BUILD}" --target "${targets[@]}" -j "${JOBS}"
   local rc=$?
   wait "${shim}" || rc=1
   return "${rc}"
@@ -86,29 +96,47 @@ if ! step build 220 bash -c build; then
 fi
 TESTS="${BUILD}/tests/cuda/mmca_cuda_tests"
 
-# 3. The CUDA tests.
-step tests 100 "${TESTS}" --gtest_brief=1 --gtest_color=no
-TEST_RC=$?
-
-# 4. The benchmark.
-step bench 110 env PYTHONUNBUFFERED=1 python3 "${ROOT}/benchmarks/cuda/bench_attention_cuda.py" \
-     --lib "${BUILD}/libmmca_cuda_capi.so" --out "${OUT}/bench.md"
-
-# 5. compute-sanitizer on a subset (tiled tensor-core and float32 paths, rows kernel with and
-#    without splits, the fill and combine kernels, the KV-cache append). memcheck: every variant on
-#    six cases in float32 and bfloat16 plus decoding; racecheck (slower): three variants on three cases.
+# 3. compute-sanitizer, in the background beside the tests, on a subset: the tiled tensor-core and
+#    float32 paths, the rows kernel with and without splits, the fill and combine kernels, the
+#    KV-cache append, the backward kernels and the model ops. memcheck: every variant on several
+#    cases in float32, float16 and bfloat16 plus decoding; racecheck (slower): a few cases.
 MEM='Cases/CudaAttention.MatchesCpuReference/L37_D80*_bf16:Cases/CudaAttention.MatchesCpuReference/L37_D80*_f32'
 MEM+=':Cases/CudaAttention.MatchesCpuReference/Lk300_Lq45*_bf16:Cases/CudaAttention.MatchesCpuReference/Lk300_Lq45*_f32'
 MEM+=':Cases/CudaAttention.MatchesCpuReference/L257_D64*_f16:Cases/CudaAttention.MatchesCpuReference/L40_D256*_bf16'
 MEM+=':Cases/CudaAttention.MatchesCpuReference/decode_Lk700*_bf16:Cases/CudaAttention.MatchesCpuReference/B3_mixed*_f32'
 MEM+=':Cases/CudaDecode.ChunkedPrefill/mmca_reference_bf16:CudaAttentionSplits.*'
+MEM+=':Cases/CudaBackward.MatchesCpuReference/L37_D80*_bf16:Cases/CudaBackward.MatchesCpuReference/Lk300_Lq45*_f32'
+MEM+=':Cases/CudaBackward.MatchesCpuReference/L40_D256*_f16:Cases/CudaBackward.MatchesCpuReference/B3_mixed*_f32'
+MEM+=':CudaOps*'
 RACE='Cases/CudaAttention.MatchesCpuReference/L37_D80_gqa21_interleaved_mmca*_bf16'
 RACE+=':Cases/CudaAttention.MatchesCpuReference/Lk300_Lq45_suffix_queries_causal_cross_latest_f32'
 RACE+=':Cases/CudaAttention.MatchesCpuReference/L257_D64_padding_mmca_f16'
 RACE+=':Cases/CudaAttention.MatchesCpuReference/L130_D104_leading_image_causal_bf16'
-step memcheck 75 "${SANITIZER}" --tool memcheck --error-exitcode 3 "${TESTS}" --gtest_filter="${MEM}" --gtest_color=no
-step racecheck 75 "${SANITIZER}" --tool racecheck --racecheck-report all --error-exitcode 3 "${TESTS}" \
-     --gtest_filter="${RACE}" --gtest_color=no
+RACE+=':Cases/CudaBackward.MatchesCpuReference/L37_D80_gqa21_interleaved_mmca_reference_bf16'
+RACE+=':Cases/CudaBackward.MatchesCpuReference/Lk300_Lq45_suffix_queries_causal_cross_latest_f32'
+step memcheck 150 "${SANITIZER}" --tool memcheck --error-exitcode 3 "${TESTS}" --gtest_filter="${MEM}" --gtest_color=no &
+MEM_PID=$!
+step racecheck 150 "${SANITIZER}" --tool racecheck --racecheck-report all --error-exitcode 3 "${TESTS}" \
+     --gtest_filter="${RACE}" --gtest_color=no &
+RACE_PID=$!
+
+# 4. The CUDA tests, and mmca.cuda from Python (a package folder holding only cuda.py and _cuda:
+#    the CPU module is not built here).
+step tests 200 "${TESTS}" --gtest_brief=1 --gtest_color=no
+TEST_RC=$?
+if ls "${BUILD}"/python/mmca/_cuda*.so > /dev/null 2>&1; then
+  SHIM="${BUILD}/pyshim"
+  rm -rf "${SHIM}" && mkdir -p "${SHIM}/mmca" "${SHIM}/tests"
+  : > "${SHIM}/mmca/__init__.py"
+  cp "${BUILD}"/python/mmca/_cuda*.so "${ROOT}/python/mmca/cuda.py" "${SHIM}/mmca/"
+  cp "${ROOT}/python/tests/test_cuda.py" "${SHIM}/tests/"
+  step pytest 120 env PYTHONPATH="${SHIM}" python3 -m pytest -q -p no:cacheprovider "${SHIM}/tests/test_cuda.py"
+fi
+wait "${MEM_PID}" "${RACE_PID}"
+
+# 5. The benchmark (alone on the GPU).
+step bench 240 env PYTHONUNBUFFERED=1 python3 "${ROOT}/benchmarks/cuda/bench_attention_cuda.py" \
+     --lib "${BUILD}/libmmca_cuda_capi.so" --out "${OUT}/bench.md" ${BENCH_ARGS:-}
 
 echo "==== summary"
 cat "${SUMMARY}"
@@ -117,6 +145,8 @@ grep -E '^\[  (PASSED|FAILED|SKIPPED) +\]|tests? ran|^\[  FAILED  \]' "${OUT}/te
 grep -B2 -A12 -m 6 'Failure' "${OUT}/tests.log" | head -80
 echo "==== sanitizers"
 grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|Device not supported|PASSED|FAILED' "${OUT}/memcheck.log" "${OUT}/racecheck.log" | head -20
+echo "==== python"
+tail -15 "${OUT}/pytest.log" 2>/dev/null
 echo "==== benchmark"
 grep -E '^check' "${OUT}/bench.log"
 cat "${OUT}/bench.md" 2>/dev/null || tail -20 "${OUT}/bench.log"

@@ -48,6 +48,9 @@ def load_library(path: str) -> ctypes.CDLL:
     lib.mmca_cuda_kernel.argtypes = [ctypes.c_void_p]
     lib.mmca_cuda_useful_flops.restype = ctypes.c_double
     lib.mmca_cuda_useful_flops.argtypes = [ctypes.c_void_p]
+    lib.mmca_cuda_plan_backward.restype = ctypes.c_void_p
+    lib.mmca_cuda_plan_backward.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p] * 9 + [
+        ctypes.c_int, ctypes.c_int, ctypes.c_float, ctypes.c_char_p, ctypes.c_int]
     lib.mmca_cuda_destroy.restype = None
     lib.mmca_cuda_destroy.argtypes = [ctypes.c_void_p]
     return lib
@@ -80,6 +83,27 @@ class MmcaCall:
         if self.handle:
             self.lib.mmca_cuda_destroy(self.handle)
             self.handle = None
+
+
+class MmcaBackward(MmcaCall):
+    """One planned mmca::cuda::attention_backward_operator<bfloat16> call (the forward's statistics
+    are computed once when planning)."""
+
+    def __init__(self, lib, q, k, v, out, dout, dq, dk, dv, types, variant: str):
+        self.lib = lib
+        B, H, S, D = q.shape
+        Hkv, Lk = k.shape[1], k.shape[2]
+        self.types = types.contiguous()
+        err = ctypes.create_string_buffer(1024)
+        self.handle = lib.mmca_cuda_plan_backward(
+            B, H, Hkv, S, Lk, D, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), dout.data_ptr(),
+            dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), self.types.data_ptr(), VARIANT[variant], 1, 0.0, err,
+            len(err))
+        if not self.handle:
+            raise RuntimeError(f"mmca_cuda_plan_backward: {err.value.decode()}")
+        self.kernel = "backward"
+        self.flops = lib.mmca_cuda_useful_flops(self.handle)
+        self.err = err
 
 
 def visual_chat_types(B: int, S: int, text: int = 64, image: int = 256) -> torch.Tensor:
@@ -143,6 +167,60 @@ def two_softmax_reference(q, k, v, types, head_chunk: int):
     return out
 
 
+def backward_rows(lib, args) -> list[str]:
+    """SDPA's flash backward (causal) against mmca's MMCA backward and autograd through the
+    two-softmax method, on the same tensors; one markdown row per shape."""
+    dev = torch.device("cuda")
+    out_rows = []
+    checked = False
+    for S in args.bwd_seq:
+        for B in args.batch:
+            H, D = args.heads, args.dim
+            q, k, v = (torch.randn(B, H, S, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
+            g = torch.randn(B, H, S, D, device=dev, dtype=torch.bfloat16)
+            types = visual_chat_types(B, S)
+            qa, ka, va = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+            o = sdpa_causal(qa, ka, va)
+            t_sdpa = median_ms(lambda: torch.autograd.grad(o, (qa, ka, va), g, retain_graph=True),
+                               args.warmup, args.reps)
+            sdpa_flops = 2.5 * 4.0 * D * H * B * S * (S + 1) / 2
+            out = torch.empty_like(q)
+            dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+            mm = MmcaBackward(lib, q, k, v, out, g, dq, dk, dv, types, "mmca")
+            t_mmca = median_ms(mm, args.warmup, args.reps)
+            if not checked:
+                checked = True
+                causal_types = torch.full((B, S), TEXT, dtype=torch.int8)
+                cq, ck, cv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+                cb = MmcaBackward(lib, q, k, v, torch.empty_like(q), g, cq, ck, cv, causal_types, "causal")
+                cb()
+                ref = torch.autograd.grad(o, (qa, ka, va), g, retain_graph=True)
+                torch.cuda.synchronize()
+                diffs = [(a.float() - b.float()).abs().max().item() for a, b in zip((cq, ck, cv), ref)]
+                scale = max(b.float().abs().max().item() for b in ref)
+                print(f"check backward B={B} S={S}: max|mmca causal - sdpa| dq {diffs[0]:.3e} dk {diffs[1]:.3e} "
+                      f"dv {diffs[2]:.3e} (max|grad| {scale:.2f})", flush=True)
+                cb.close()
+            t_ref = float("nan")
+            if B * H * S * S <= args.ref_bwd_max_scores:
+                chunk = max(1, min(H, int(2 ** 29 // (S * S))))
+                rq, rk, rv = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+                ro = two_softmax_reference(rq, rk, rv, types, chunk)
+                t_ref = median_ms(lambda: torch.autograd.grad(ro, (rq, rk, rv), g, retain_graph=True), 1, 3)
+                del ro, rq, rk, rv
+            tf = lambda flops, ms: flops / (ms * 1e-3) / 1e12
+            ratio = tf(mm.flops, t_mmca) / tf(sdpa_flops, t_sdpa)
+            ref = f"{t_ref:.2f}" if t_ref == t_ref else "-"
+            print(f"backward B={B} S={S}: sdpa {t_sdpa:.3f} ms, mmca {t_mmca:.3f} ms, two-softmax {ref} ms",
+                  flush=True)
+            out_rows.append(f"| {B} | {S} | {t_sdpa:.3f} | {tf(sdpa_flops, t_sdpa):.1f} | {t_mmca:.3f} | "
+                            f"{tf(mm.flops, t_mmca):.1f} | {ratio:.2f} | {t_sdpa / t_mmca:.2f} | {ref} |")
+            mm.close()
+            del q, k, v, g, qa, ka, va, o, out, dq, dk, dv
+            torch.cuda.empty_cache()
+    return out_rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lib", default=os.environ.get("MMCA_CUDA_CAPI", "libmmca_cuda_capi.so"))
@@ -155,6 +233,10 @@ def main() -> int:
     parser.add_argument("--ref-max-scores", type=float, default=2.2e9,
                         help="run the two-softmax method only when B*H*S*S is at most this")
     parser.add_argument("--out", default="", help="also write the table (markdown) to this file")
+    parser.add_argument("--no-backward", action="store_true", help="skip the backward comparison")
+    parser.add_argument("--bwd-seq", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
+    parser.add_argument("--ref-bwd-max-scores", type=float, default=1.1e9,
+                        help="run the two-softmax backward only when B*H*S*S is at most this")
     args = parser.parse_args()
 
     if not torch.cuda.is_available():
@@ -235,6 +317,12 @@ def main() -> int:
         lines.append(f"| {r['B']} | {r['S']} | {r['sdpa_ms']:.3f} | {r['sdpa_tf']:.1f} | {r['causal_ms']:.3f} | "
                      f"{r['causal_tf']:.1f} | {r['mmca_ms']:.3f} | {r['mmca_tf']:.1f} | {r['ratio']:.2f} | "
                      f"{r['speedup']:.2f} | {ref} |")
+    if not args.no_backward:
+        lines += ["", "Backward (dq, dk, dv from dout; FLOPs counted as 2.5x the forward's useful FLOPs):", "",
+                  "| B | S | SDPA causal bwd ms | TFLOP/s | MMCA bwd ms | TFLOP/s | ratio | speedup "
+                  "| two-softmax bwd ms |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += backward_rows(lib, args)
     table = "\n".join(lines)
     print(table)
     if args.out:

@@ -76,6 +76,29 @@ template <class S>
 std::string initialize_error(const tensor4& q, const tensor4& k, const tensor4& v, const mmca::token_layout& tokens,
                              const mmca::attention_options& options, kernel_choice kernel = kernel_choice::automatic);
 
+/// The forward with statistics and the backward of one call, widened to float32.
+struct backward_run {
+    tensor4 out;        ///< (B, Hq, Lq, D)
+    tensor4 row_max;    ///< (B, Hq, Lq, 2)
+    tensor4 row_sum;    ///< (B, Hq, Lq, 2)
+    tensor4 group_out;  ///< (B, Hq, Lq, 2 * D): group 0's D values, then group 1's
+    tensor4 dq, dk, dv;
+};
+
+/// mmca::cuda::attention_forward_with_stats<S> (run.kernel picks the forward kernel) followed by
+/// mmca::cuda::attention_backward<S> with dout; inputs rounded to S. All device outputs start as
+/// NaN. block: attention_backward_config::block (0 automatic).
+template <class S>
+backward_run run_backward(const tensor4& q, const tensor4& k, const tensor4& v, const tensor4& dout,
+                          const mmca::token_layout& tokens, const mmca::attention_options& options,
+                          const run_options& run = {}, int block = 0);
+
+/// The message of the mmca::invalid_argument that mmca::cuda::attention_backward<float> throws when
+/// `broken` names one of its arguments to pass with a wrong shape ("dq", "dk", "dv", "dout",
+/// "row_max", "group_out"); "" when it accepts the call.
+std::string backward_error(const tensor4& q, const tensor4& k, const tensor4& v, const mmca::token_layout& tokens,
+                           const mmca::attention_options& options, const std::string& broken);
+
 /// A mmca::cuda::kv_cache<S> driven with float32 host tensors.
 template <class S>
 class device_cache {

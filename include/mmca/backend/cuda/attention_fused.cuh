@@ -20,6 +20,7 @@
 #pragma once
 
 #include "mmca/attention/problem.hpp"
+#include "mmca/attention/stats.hpp"
 #include "mmca/attention/types.hpp"
 #include "mmca/backend/cuda/attention_plan.hpp"
 #include "mmca/backend/cuda/common.cuh"
@@ -85,6 +86,9 @@ struct attention_arguments {
     token_layout tokens;          ///< host arrays, as for mmca::attention_forward
     attention_options options;    ///< variant, visibility policy, scale (num_threads is ignored)
     tensor_ref<T, 4> out;         ///< (B, Hq, Lq, D) device
+    /// Optional: device float32 views that receive what the backward needs (all three or none;
+    /// contiguous; see mmca/attention/stats.hpp and mmca/backend/cuda/attention_backward.cuh).
+    attention_stats stats{};
 };
 
 namespace detail {
@@ -149,6 +153,17 @@ inline void check_device_pointer(const void* p, const char* where, const char* a
     }
     if (attributes.type == cudaMemoryTypeUnregistered || attributes.type == cudaMemoryTypeHost)
         throw invalid_argument(where, argument, "a host pointer", "device (or managed) memory");
+}
+
+/// The CUDA kernels index the stats arrays as contiguous (B, Hq, Lq, 2[, D]) device memory.
+template <class S>
+void check_stats_layout(const char* where, const basic_attention_stats<S>& st) {
+    MMCA_CHECK_ARG(st.row_max.contiguous(), where, "row_max", "a strided view", "a contiguous tensor");
+    MMCA_CHECK_ARG(st.row_sum.contiguous(), where, "row_sum", "a strided view", "a contiguous tensor");
+    MMCA_CHECK_ARG(st.group_out.contiguous(), where, "group_out", "a strided view", "a contiguous tensor");
+    check_device_pointer(st.row_max.data, where, "row_max");
+    check_device_pointer(st.row_sum.data, where, "row_sum");
+    check_device_pointer(st.group_out.data, where, "group_out");
 }
 
 template <class D, class T>
@@ -235,6 +250,11 @@ public:
         params_.key_codes = key_codes_.as<std::int32_t>();
         params_.type_prefix = prefix_.as<std::int32_t>();
         params_.seq_kv_len = seq_len_.as<std::int32_t>();
+        if (!args.stats.row_max.empty()) {
+            params_.stat_max = args.stats.row_max.data;
+            params_.stat_sum = args.stats.row_sum.data;
+            params_.stat_out = args.stats.group_out.data;
+        }
 
         params_.splits = 1;
         if (kernel_ == attention_kernel::tiled) {
@@ -335,6 +355,11 @@ private:
         detail::check_device_pointer(a.k.data, where, "k");
         detail::check_device_pointer(a.v.data, where, "v");
         detail::check_device_pointer(a.out.data, where, "out");
+        const attention_stats& st = a.stats;
+        if (!st.row_max.empty() || !st.row_sum.empty() || !st.group_out.empty()) {
+            check_attention_stats(where, problem, st);
+            detail::check_stats_layout(where, st);
+        }
         return problem;
     }
 
@@ -354,8 +379,16 @@ private:
 
     template <int DP>
     void launch_tiled(cudaStream_t stream) const {
+        if (params_.stat_max != nullptr)
+            launch_tiled_instance<DP, true>(stream);
+        else
+            launch_tiled_instance<DP, false>(stream);
+    }
+
+    template <int DP, bool STATS>
+    void launch_tiled_instance(cudaStream_t stream) const {
         using shape = detail::tiled_shape<device_type, DP>;
-        auto kernel = detail::attention_tiled_kernel<device_type, DP>;
+        auto kernel = detail::attention_tiled_kernel<device_type, DP, STATS>;
         // The shared-memory opt-in is a per-device attribute of the kernel. It is set once per device
         // to the most any launch of this instance uses there (the base plus the largest boundary
         // table, within the device's limit), a value that does not depend on the call.
@@ -393,6 +426,20 @@ void attention_forward(tensor_ref<const T, 4> q, tensor_ref<const T, 4> k, tenso
                        cudaStream_t stream = nullptr, const attention_config& config = {}) {
     attention_operator<T> op;
     op.initialize(attention_arguments<T>{q, k, v, tokens, options, out}, config, stream, true);
+    op.run(stream);
+}
+
+/// attention_forward that also writes the statistics the backward needs into `stats` (device
+/// float32, contiguous: row_max and row_sum (B, Hq, Lq, 2), group_out (B, Hq, Lq, 2, D)).
+template <class T>
+void attention_forward_with_stats(tensor_ref<const T, 4> q, tensor_ref<const T, 4> k, tensor_ref<const T, 4> v,
+                                  const token_layout& tokens, const attention_options& options, tensor_ref<T, 4> out,
+                                  const attention_stats& stats, cudaStream_t stream = nullptr,
+                                  const attention_config& config = {}) {
+    MMCA_CHECK_ARG(!stats.row_max.empty(), "mmca::cuda::attention_forward_with_stats", "row_max", "no tensor",
+                   "a (B, Hq, Lq, 2) float32 device tensor");
+    attention_operator<T> op;
+    op.initialize(attention_arguments<T>{q, k, v, tokens, options, out, stats}, config, stream, true);
     op.run(stream);
 }
 

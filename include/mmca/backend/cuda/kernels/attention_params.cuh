@@ -39,7 +39,23 @@ struct attention_params {
 
     float* partial = nullptr;  // (R, Hq, splits, 2, D + 2) rows kernel with splits > 1: per group m, l, acc[D]
     std::int32_t splits = 1;
+
+    // Optional statistics for the backward (mmca/attention/stats.hpp), contiguous float32, all
+    // three set or all null: per (b, h, row, group) the max scaled score (natural-log units, as on
+    // the CPU), the sum of exp(S - max) and the normalised group output (D floats).
+    float* stat_max = nullptr;  // (B, Hq, Lq, 2)
+    float* stat_sum = nullptr;  // (B, Hq, Lq, 2)
+    float* stat_out = nullptr;  // (B, Hq, Lq, 2, D)
 };
+
+/// Index of (b, h, row) in the (B, Hq, Lq) prefix of the stats arrays.
+template <class T>
+__host__ __device__ inline std::int64_t stat_row(const attention_params<T>& p, int b, int h, int row) {
+    return (static_cast<std::int64_t>(b) * p.q_heads + h) * p.q_len + row;
+}
+
+/// ln 2: converts a row maximum of the log2-scaled scores the kernels use to natural-log units.
+constexpr float stat_ln2 = 0.69314718055994531f;
 
 }  // namespace detail
 }  // namespace cuda

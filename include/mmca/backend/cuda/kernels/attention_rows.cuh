@@ -144,14 +144,25 @@ __global__ void __launch_bounds__(rows_kernel_threads) attention_rows_kernel(con
     if (splits == 1) {
         T* out_row = p.out + b * p.out_stride[0] + h * p.out_stride[1] + plan.row * p.out_stride[2];
         const T* self_row = (plan.flags & plan_self_term) ? v_base + plan.position * p.v_stride[2] : nullptr;
+        const std::int64_t stat = stat_row(p, b, h, plan.row);
+        if (p.stat_max != nullptr && threadIdx.x < 2) {
+            const int g = threadIdx.x;
+            const bool empty = group_max[g] == neg_inf || group_sum[g] <= 0.0f;
+            p.stat_max[stat * 2 + g] = empty ? neg_inf : group_max[g] * stat_ln2;
+            p.stat_sum[stat * 2 + g] = empty ? 0.0f : group_sum[g];
+        }
         for (int d = threadIdx.x; d < D; d += rows_kernel_threads) {
             float value = self_row != nullptr ? to_float(self_row[d]) : 0.0f;
 #pragma unroll
             for (int g = 0; g < 2; ++g) {
-                if (group_max[g] == neg_inf || group_sum[g] <= 0.0f) continue;
-                float o = 0.0f;
-                for (int t = 0; t < TEAMS; ++t) o += s_acc[t][g][d] * exp2f(s_m[t][g] - group_max[g]);
-                value += o / group_sum[g];
+                float term = 0.0f;
+                if (group_max[g] != neg_inf && group_sum[g] > 0.0f) {
+                    float o = 0.0f;
+                    for (int t = 0; t < TEAMS; ++t) o += s_acc[t][g][d] * exp2f(s_m[t][g] - group_max[g]);
+                    term = o / group_sum[g];
+                }
+                value += term;
+                if (p.stat_out != nullptr) p.stat_out[(stat * 2 + g) * D + d] = term;
             }
             out_row[d] = from_float<T>(value);
         }
@@ -198,16 +209,27 @@ __global__ void __launch_bounds__(128) attention_combine_kernel(const attention_
     const T* self_row =
         (plan.flags & plan_self_term) ? p.v + b * p.v_stride[0] + hk * p.v_stride[1] + plan.position * p.v_stride[2]
                                       : nullptr;
+    const std::int64_t stat = stat_row(p, b, h, plan.row);
+    if (p.stat_max != nullptr && threadIdx.x < 2) {
+        const int g = threadIdx.x;
+        const bool empty = group_max[g] == neg_inf || group_sum[g] <= 0.0f;
+        p.stat_max[stat * 2 + g] = empty ? neg_inf : group_max[g] * stat_ln2;
+        p.stat_sum[stat * 2 + g] = empty ? 0.0f : group_sum[g];
+    }
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         float value = self_row != nullptr ? to_float(self_row[d]) : 0.0f;
         for (int g = 0; g < 2; ++g) {
-            if (group_max[g] == neg_inf || group_sum[g] <= 0.0f) continue;
-            float o = 0.0f;
-            for (int s = 0; s < splits; ++s) {
-                const float* rec = records + (s * 2 + g) * (D + 2);
-                if (rec[0] != neg_inf) o += rec[2 + d] * exp2f(rec[0] - group_max[g]);
+            float term = 0.0f;
+            if (group_max[g] != neg_inf && group_sum[g] > 0.0f) {
+                float o = 0.0f;
+                for (int s = 0; s < splits; ++s) {
+                    const float* rec = records + (s * 2 + g) * (D + 2);
+                    if (rec[0] != neg_inf) o += rec[2 + d] * exp2f(rec[0] - group_max[g]);
+                }
+                term = o / group_sum[g];
             }
-            value += o / group_sum[g];
+            value += term;
+            if (p.stat_out != nullptr) p.stat_out[(stat * 2 + g) * D + d] = term;
         }
         out_row[d] = from_float<T>(value);
     }
@@ -232,6 +254,15 @@ __global__ void __launch_bounds__(fill_kernel_threads) attention_fill_kernel(con
         const T* src =
             f.source >= 0 ? p.v + f.batch * p.v_stride[0] + hk * p.v_stride[1] + f.source * p.v_stride[2] : nullptr;
         for (int d = lane; d < p.head_dim; d += 32) out_row[d] = src != nullptr ? src[d] : from_float<T>(0.0f);
+        if (p.stat_max != nullptr) {
+            // No softmax: both groups are empty.
+            const std::int64_t stat = stat_row(p, f.batch, h, f.row);
+            if (lane < 2) {
+                p.stat_max[stat * 2 + lane] = -INFINITY;
+                p.stat_sum[stat * 2 + lane] = 0.0f;
+            }
+            for (int d = lane; d < 2 * p.head_dim; d += 32) p.stat_out[stat * 2 * p.head_dim + d] = 0.0f;
+        }
     }
 }
 

@@ -56,7 +56,9 @@ struct tiled_shape {
         + 6u * rows;                                                       // covers [3 slots][group][row]
 };
 
-template <class T, int DP>
+/// STATS: also write the statistics for the backward (a separate instance, so that the plain
+/// forward keeps its register allocation).
+template <class T, int DP, bool STATS = false>
 __global__ void __launch_bounds__(128) attention_tiled_kernel(const attention_params<T> p) {
     using shape = tiled_shape<T, DP>;
     constexpr int BM = shape::rows, BK = shape::keys, STRIDE = shape::stride, NT = shape::key_tiles,
@@ -418,6 +420,28 @@ __global__ void __launch_bounds__(128) attention_tiled_kernel(const attention_pa
                 hi += to_float(self_row[d + 1]);
             }
             store_pair(out_row + d, lo, hi);
+        }
+        if constexpr (STATS) {
+            // Statistics for the backward: row max (natural-log units), row sum and O_g per group.
+            const std::int64_t stat = stat_row(p, b, h, plan.row);
+            if (quad == 0) {
+#pragma unroll
+                for (int g = 0; g < 2; ++g) {
+                    const bool empty = !(l[g][hr] > 0.0f);
+                    p.stat_max[stat * 2 + g] = empty ? neg_inf : m[g][hr] * stat_ln2;
+                    p.stat_sum[stat * 2 + g] = empty ? 0.0f : l[g][hr];
+                }
+            }
+            float* stat_out = p.stat_out + stat * 2 * p.head_dim;
+#pragma unroll
+            for (int dt = 0; dt < DT; ++dt) {
+                const int d = dt * 8 + 2 * quad;
+                if (d >= p.head_dim) continue;
+                stat_out[d] = o[0][dt][2 * hr] * inv0;
+                stat_out[d + 1] = o[0][dt][2 * hr + 1] * inv0;
+                stat_out[p.head_dim + d] = o[1][dt][2 * hr] * inv1;
+                stat_out[p.head_dim + d + 1] = o[1][dt][2 * hr + 1] * inv1;
+            }
         }
     }
 }

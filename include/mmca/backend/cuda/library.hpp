@@ -1,0 +1,84 @@
+// mmca/backend/cuda/library.hpp - the CUDA attention for code that is not compiled with nvcc.
+//
+// Plain C++ (no CUDA header): declarations of the compiled library mmca::cuda (CMake target
+// mmca_cuda, built from library.cu beside this header when CUDA is enabled), which holds the
+// instantiations of the CUDA templates for float32, float16 and bfloat16. Tensors are described by
+// device_view (a device pointer, an element type, shape and strides in elements); the token layout
+// and options are the CPU API's. Same validation and error messages as the templates
+// (mmca::invalid_argument); mmca::cuda::lib::runtime_error for a failed CUDA call.
+//
+//   mmca::cuda::lib::attention_forward(q, k, v, tokens, options, out, stream, &stats)
+//   mmca::cuda::lib::attention_backward(q, k, v, dout, tokens, options, stats, dq, dk, dv, stream)
+#pragma once
+
+#include "mmca/attention/stats.hpp"
+#include "mmca/attention/types.hpp"
+
+#include <array>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace mmca {
+namespace cuda {
+namespace lib {
+
+/// Element type of a device tensor.
+enum class element : std::uint8_t { float32, float16, bfloat16 };
+
+inline const char* to_string(element e) {
+    switch (e) {
+        case element::float32: return "float32";
+        case element::float16: return "float16";
+        case element::bfloat16: return "bfloat16";
+    }
+    return "unknown";
+}
+
+/// A (B, H, L, D) tensor in device memory (strides in elements; the last dimension contiguous).
+struct device_view {
+    void* data = nullptr;
+    element type = element::float32;
+    std::array<std::int64_t, 4> shape{};
+    std::array<std::int64_t, 4> strides{};
+
+    /// A row-major view.
+    static device_view contiguous(void* data, element type, const std::array<std::int64_t, 4>& shape) {
+        device_view v;
+        v.data = data;
+        v.type = type;
+        v.shape = shape;
+        v.strides = {shape[1] * shape[2] * shape[3], shape[2] * shape[3], shape[3], 1};
+        return v;
+    }
+};
+
+/// A CUDA runtime call failed (the message names the call and the CUDA error).
+class runtime_error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+/// True when a CUDA device is usable (never throws).
+bool device_available() noexcept;
+/// "NVIDIA H200 (sm_90, 132 SMs)", or "" without a device.
+std::string device_description();
+/// Waits for the work queued on `stream` (a cudaStream_t; null: the legacy default stream).
+void synchronize(void* stream = nullptr);
+
+/// The fused attention forward of every variant (mmca::cuda::attention_forward); with stats (device
+/// float32, contiguous), also the statistics for the backward. q, k, v and out share one element type.
+void attention_forward(const device_view& q, const device_view& k, const device_view& v, const token_layout& tokens,
+                       const attention_options& options, const device_view& out, void* stream = nullptr,
+                       const attention_stats* stats = nullptr);
+
+/// The attention backward (mmca::cuda::attention_backward): dq, dk, dv from dout and the stats that
+/// attention_forward wrote for the same inputs.
+void attention_backward(const device_view& q, const device_view& k, const device_view& v, const device_view& dout,
+                        const token_layout& tokens, const attention_options& options,
+                        const attention_stats_view& stats, const device_view& dq, const device_view& dk,
+                        const device_view& dv, void* stream = nullptr);
+
+}  // namespace lib
+}  // namespace cuda
+}  // namespace mmca

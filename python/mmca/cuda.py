@@ -1,0 +1,80 @@
+"""mmca.cuda - mmca's CUDA attention on device tensors (present when mmca was built with CUDA).
+
+Low level (no copies; outputs are tensors the caller allocated; asynchronous on ``stream``):
+
+    mmca.cuda.attention(q, k, v, out, token_types, variant, ..., row_max=, row_sum=, group_out=)
+    mmca.cuda.attention_backward(q, k, v, dout, row_max, row_sum, group_out, dq, dk, dv,
+                                 token_types, variant, ...)
+
+accept CUDA ``torch.Tensor`` (float32, float16, bfloat16) or any ``__cuda_array_interface__``
+object (float32, float16), q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D), head dim contiguous; token
+metadata is host data as for :func:`mmca.attention`.
+
+With PyTorch, :func:`attention_torch` is a differentiable function: it allocates the output and
+the statistics on q's device and runs on PyTorch's current stream; its backward is mmca's fused
+backward.
+"""
+from __future__ import annotations
+
+try:
+    from ._cuda import CudaError, attention, attention_backward, available, device, synchronize
+except ImportError as error:  # pragma: no cover - depends on the build
+    raise ImportError("mmca.cuda: this mmca was built without CUDA (configure with -DMMCA_ENABLE_CUDA=ON "
+                      "on a machine with nvcc)") from error
+
+__all__ = ["CudaError", "attention", "attention_backward", "attention_torch", "available", "device", "synchronize"]
+
+_function = None
+
+
+def _autograd_function():
+    """The torch.autograd.Function behind attention_torch (made on first use: torch is imported lazily)."""
+    global _function
+    if _function is not None:
+        return _function
+    import torch
+
+    class _Attention(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, token_types, variant, kwargs):
+            B, H, L, D = q.shape
+            out = torch.empty_like(q, memory_format=torch.contiguous_format)
+            row_max = torch.empty((B, H, L, 2), device=q.device, dtype=torch.float32)
+            row_sum = torch.empty_like(row_max)
+            group_out = torch.empty((B, H, L, 2, D), device=q.device, dtype=torch.float32)
+            stream = torch.cuda.current_stream(q.device).cuda_stream
+            attention(q, k, v, out, token_types, variant, row_max=row_max, row_sum=row_sum, group_out=group_out,
+                      stream=stream, **kwargs)
+            ctx.save_for_backward(q, k, v, row_max, row_sum, group_out)
+            ctx.token_types, ctx.variant, ctx.kwargs = token_types, variant, kwargs
+            return out
+
+        @staticmethod
+        def backward(ctx, dout):
+            q, k, v, row_max, row_sum, group_out = ctx.saved_tensors
+            dout = dout.contiguous()
+            dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+            stream = torch.cuda.current_stream(q.device).cuda_stream
+            attention_backward(q, k, v, dout, row_max, row_sum, group_out, dq, dk, dv, ctx.token_types, ctx.variant,
+                               stream=stream, **ctx.kwargs)
+            return dq, dk, dv, None, None, None
+
+    _function = _Attention
+    return _function
+
+
+def attention_torch(q, k, v, token_types, variant: str = "mmca", *, image_ids=None, policy=None, scale=None,
+                    kv_lens=None, q_lens=None):
+    """Differentiable attention of ``variant`` for CUDA torch tensors q (B, Hq, Lq, D), k and v
+    (B, Hkv, Lk, D) (float32, float16 or bfloat16; last dimension contiguous). token_types (B, Lk)
+    and the optional image_ids, kv_lens, q_lens are host integer arrays (numpy or lists), as for
+    :func:`mmca.attention`. Returns out (B, Hq, Lq, D); out.backward() runs mmca's fused backward.
+    """
+    import numpy as np
+
+    kwargs = dict(image_ids=None if image_ids is None else np.asarray(image_ids),
+                  policy=policy, scale=scale,
+                  kv_lens=None if kv_lens is None else np.asarray(kv_lens),
+                  q_lens=None if q_lens is None else np.asarray(q_lens))
+    types = np.asarray(token_types.cpu() if hasattr(token_types, "cpu") else token_types)
+    return _autograd_function().apply(q, k, v, types, variant, kwargs)

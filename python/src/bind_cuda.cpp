@@ -1,0 +1,207 @@
+// python/src/bind_cuda.cpp - mmca._cuda: the CUDA attention (forward with statistics, backward) on
+// device tensors that Python already owns, through the compiled library mmca::cuda (library.hpp).
+//
+// Device tensors cross without copies: a torch.Tensor on a CUDA device (data_ptr(), shape, stride(),
+// dtype; float32, float16 and bfloat16) or any object with __cuda_array_interface__ (CuPy, Numba;
+// float32 and float16). Token metadata is host data, as for mmca.attention. Calls are asynchronous on
+// `stream` (an int cudaStream_t; 0: the legacy default stream, which torch's default stream is);
+// errors in the arguments raise before anything is launched. Built only when CUDA is enabled.
+#include "array_args.hpp"
+
+#include "mmca/backend/cuda/library.hpp"
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace mmca::python {
+namespace {
+
+using mmca::cuda::lib::device_view;
+using mmca::cuda::lib::element;
+
+/// A device tensor argument: pointer, element type, shape and strides in elements.
+struct device_arg {
+    void* data = nullptr;
+    element type = element::float32;
+    std::vector<std::int64_t> shape, strides;
+};
+
+element element_of(const std::string& name, const char* where, const char* arg) {
+    if (name == "torch.float32" || name == "<f4") return element::float32;
+    if (name == "torch.float16" || name == "<f2") return element::float16;
+    if (name == "torch.bfloat16") return element::bfloat16;
+    raise_type_error(where, arg, "dtype " + name, "float32, float16 or bfloat16");
+}
+
+/// Reads a device tensor from a torch tensor or a __cuda_array_interface__ object.
+device_arg device_tensor_arg(py::handle obj, const char* where, const char* arg, int ndim) {
+    device_arg d;
+    if (py::hasattr(obj, "data_ptr") && py::hasattr(obj, "stride") && py::hasattr(obj, "is_cuda")) {
+        if (!obj.attr("is_cuda").cast<bool>())
+            raise_value_error(where, arg, "a tensor on " + py::str(obj.attr("device")).cast<std::string>(),
+                              "a tensor on a CUDA device");
+        d.data = reinterpret_cast<void*>(obj.attr("data_ptr")().cast<std::uintptr_t>());
+        d.type = element_of(py::str(obj.attr("dtype")).cast<std::string>(), where, arg);
+        for (auto s : obj.attr("shape")) d.shape.push_back(s.cast<std::int64_t>());
+        for (auto s : obj.attr("stride")()) d.strides.push_back(s.cast<std::int64_t>());
+    } else if (py::hasattr(obj, "__cuda_array_interface__")) {
+        const py::dict cai = obj.attr("__cuda_array_interface__");
+        d.data = reinterpret_cast<void*>(cai["data"].cast<py::tuple>()[0].cast<std::uintptr_t>());
+        const std::string typestr = cai["typestr"].cast<std::string>();
+        d.type = element_of(typestr, where, arg);
+        const std::int64_t item = d.type == element::float32 ? 4 : 2;
+        for (auto s : cai["shape"]) d.shape.push_back(s.cast<std::int64_t>());
+        if (!cai.contains("strides") || cai["strides"].is_none()) {
+            d.strides.assign(d.shape.size(), 1);
+            for (std::size_t i = d.shape.size(); i-- > 1;) d.strides[i - 1] = d.strides[i] * d.shape[i];
+        } else {
+            for (auto s : cai["strides"]) {
+                const auto bytes = s.cast<std::int64_t>();
+                if (bytes % item != 0)
+                    raise_value_error(where, arg, "a stride of " + std::to_string(bytes) + " bytes",
+                                      "strides that are multiples of the element size");
+                d.strides.push_back(bytes / item);
+            }
+        }
+    } else {
+        raise_type_error(where, arg, python_type_text(obj),
+                         "a CUDA torch.Tensor or an object with __cuda_array_interface__");
+    }
+    if (static_cast<int>(d.shape.size()) != ndim)
+        raise_value_error(where, arg, std::to_string(d.shape.size()) + " dimensions " + mmca::detail::shape_text(d.shape),
+                          std::to_string(ndim) + " dimensions");
+    return d;
+}
+
+device_view view4(const device_arg& d) {
+    device_view v;
+    v.data = d.data;
+    v.type = d.type;
+    for (int i = 0; i < 4; ++i) {
+        v.shape[static_cast<std::size_t>(i)] = d.shape[static_cast<std::size_t>(i)];
+        v.strides[static_cast<std::size_t>(i)] = d.strides[static_cast<std::size_t>(i)];
+    }
+    return v;
+}
+
+/// A float32 statistics tensor of rank N (device memory, contiguous: checked by the library).
+template <std::size_t N>
+mmca::tensor_ref<float, N> stats_ref(py::handle obj, const char* where, const char* arg) {
+    const device_arg d = device_tensor_arg(obj, where, arg, static_cast<int>(N));
+    if (d.type != element::float32) raise_type_error(where, arg, mmca::cuda::lib::to_string(d.type), "float32");
+    std::array<std::int64_t, N> shape{}, strides{};
+    for (std::size_t i = 0; i < N; ++i) {
+        shape[i] = d.shape[i];
+        strides[i] = d.strides[i];
+    }
+    return mmca::tensor_ref<float, N>(static_cast<float*>(d.data), shape, strides);
+}
+
+/// Host token metadata kept alive for the duration of a call.
+struct host_tokens {
+    py::array types;
+    std::optional<py::array> ids, kv_lens, q_lens;
+    mmca::token_layout layout() const {
+        mmca::token_layout t;
+        t.types = tensor_view<const std::int8_t, 2>(types);
+        t.image_ids = metadata_view<std::int32_t, 2>(ids);
+        t.kv_lens = metadata_view<std::int32_t, 1>(kv_lens);
+        t.q_lens = metadata_view<std::int32_t, 1>(q_lens);
+        return t;
+    }
+};
+
+host_tokens parse_tokens(const char* where, const py::object& types, const py::object& ids, const py::object& kv_lens,
+                         const py::object& q_lens) {
+    host_tokens t;
+    t.types = integer_metadata<std::int8_t>(types, {where, "token_types", 2, "(B, Lk)"},
+                                            "a token type: 0 (pad), 1 (text) or 2 (image)");
+    t.ids = optional_integer_metadata<std::int32_t>(ids, {where, "image_ids", 2, "(B, Lk)"}, "an image index (int32)");
+    t.kv_lens = optional_integer_metadata<std::int32_t>(kv_lens, {where, "kv_lens", 1, "(B,)"}, "a length (int32)");
+    t.q_lens = optional_integer_metadata<std::int32_t>(q_lens, {where, "q_lens", 1, "(B,)"}, "a length (int32)");
+    return t;
+}
+
+void cuda_attention(const py::object& q, const py::object& k, const py::object& v, const py::object& out,
+                    const py::object& token_types, const std::string& variant, const py::object& image_ids,
+                    const std::optional<std::string>& policy, const std::optional<double>& scale,
+                    const py::object& kv_lens, const py::object& q_lens, const py::object& row_max,
+                    const py::object& row_sum, const py::object& group_out, std::uintptr_t stream) {
+    constexpr const char* where = "mmca.cuda.attention";
+    const mmca::attention_options options = parse_attention_options(where, variant, policy, scale, 0);
+    const host_tokens tokens = parse_tokens(where, token_types, image_ids, kv_lens, q_lens);
+    const device_view dq = view4(device_tensor_arg(q, where, "q", 4)), dk = view4(device_tensor_arg(k, where, "k", 4)),
+                      dv = view4(device_tensor_arg(v, where, "v", 4)), dout = view4(device_tensor_arg(out, where, "out", 4));
+    const int given = !row_max.is_none() + !row_sum.is_none() + !group_out.is_none();
+    if (given != 0 && given != 3)
+        raise_value_error(where, "row_max", std::to_string(given) + " of row_max, row_sum, group_out",
+                          "all three statistics tensors or none");
+    std::optional<mmca::attention_stats> stats;
+    if (given == 3)
+        stats.emplace(stats_ref<4>(row_max, where, "row_max"), stats_ref<4>(row_sum, where, "row_sum"),
+                      stats_ref<5>(group_out, where, "group_out"));
+    const mmca::token_layout layout = tokens.layout();
+    py::gil_scoped_release release;
+    mmca::cuda::lib::attention_forward(dq, dk, dv, layout, options, dout, reinterpret_cast<void*>(stream),
+                                       stats ? &*stats : nullptr);
+}
+
+void cuda_attention_backward(const py::object& q, const py::object& k, const py::object& v, const py::object& dout,
+                             const py::object& row_max, const py::object& row_sum, const py::object& group_out,
+                             const py::object& dq, const py::object& dk, const py::object& dv,
+                             const py::object& token_types, const std::string& variant, const py::object& image_ids,
+                             const std::optional<std::string>& policy, const std::optional<double>& scale,
+                             const py::object& kv_lens, const py::object& q_lens, std::uintptr_t stream) {
+    constexpr const char* where = "mmca.cuda.attention_backward";
+    const mmca::attention_options options = parse_attention_options(where, variant, policy, scale, 0);
+    const host_tokens tokens = parse_tokens(where, token_types, image_ids, kv_lens, q_lens);
+    const mmca::attention_stats stats(stats_ref<4>(row_max, where, "row_max"), stats_ref<4>(row_sum, where, "row_sum"),
+                                      stats_ref<5>(group_out, where, "group_out"));
+    const device_view vq = view4(device_tensor_arg(q, where, "q", 4)), vk = view4(device_tensor_arg(k, where, "k", 4)),
+                      vv = view4(device_tensor_arg(v, where, "v", 4)),
+                      vg = view4(device_tensor_arg(dout, where, "dout", 4)),
+                      vdq = view4(device_tensor_arg(dq, where, "dq", 4)), vdk = view4(device_tensor_arg(dk, where, "dk", 4)),
+                      vdv = view4(device_tensor_arg(dv, where, "dv", 4));
+    const mmca::token_layout layout = tokens.layout();
+    py::gil_scoped_release release;
+    mmca::cuda::lib::attention_backward(vq, vk, vv, vg, layout, options, mmca::attention_stats_view(stats), vdq, vdk,
+                                        vdv, reinterpret_cast<void*>(stream));
+}
+
+}  // namespace
+}  // namespace mmca::python
+
+PYBIND11_MODULE(_cuda, m) {
+    namespace py = pybind11;
+    using namespace mmca::python;
+    m.doc() = "mmca's CUDA attention on device tensors (torch CUDA tensors, __cuda_array_interface__ objects)";
+    py::register_exception<mmca::cuda::lib::runtime_error>(m, "CudaError", PyExc_RuntimeError);
+    m.def("available", &mmca::cuda::lib::device_available, "True when a CUDA device is usable.");
+    m.def("device", &mmca::cuda::lib::device_description, "The current device, e.g. 'NVIDIA H200 (sm_90, 132 SMs)'.");
+    m.def(
+        "synchronize", [](std::uintptr_t stream) { mmca::cuda::lib::synchronize(reinterpret_cast<void*>(stream)); },
+        "Waits for the work queued on a stream (an int cudaStream_t; 0: the default stream).", py::arg("stream") = 0);
+    m.def("attention", &cuda_attention,
+          "Fused attention of `variant` into `out` on the GPU (every variant of mmca.attention); with row_max, "
+          "row_sum (B, Hq, Lq, 2) and group_out (B, Hq, Lq, 2, D) float32 device tensors, also the statistics "
+          "for attention_backward. Asynchronous on `stream`.",
+          py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("token_types"), py::arg("variant"),
+          py::kw_only(), py::arg("image_ids") = py::none(), py::arg("policy") = py::none(),
+          py::arg("scale") = py::none(), py::arg("kv_lens") = py::none(), py::arg("q_lens") = py::none(),
+          py::arg("row_max") = py::none(), py::arg("row_sum") = py::none(), py::arg("group_out") = py::none(),
+          py::arg("stream") = 0);
+    m.def("attention_backward", &cuda_attention_backward,
+          "Gradients dq, dk, dv of attention for the upstream gradient dout, from the statistics that "
+          "attention() wrote for the same inputs. Asynchronous on `stream`.",
+          py::arg("q"), py::arg("k"), py::arg("v"), py::arg("dout"), py::arg("row_max"), py::arg("row_sum"),
+          py::arg("group_out"), py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("token_types"),
+          py::arg("variant"), py::kw_only(), py::arg("image_ids") = py::none(), py::arg("policy") = py::none(),
+          py::arg("scale") = py::none(), py::arg("kv_lens") = py::none(), py::arg("q_lens") = py::none(),
+          py::arg("stream") = 0);
+}

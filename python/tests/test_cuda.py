@@ -1,0 +1,140 @@
+"""mmca.cuda: the CUDA attention and its backward from Python, on CUDA torch tensors.
+
+Oracles: a float64 PyTorch implementation of SPEC §2's masks written here (causal and paper MMCA)
+with autograd for the gradients, and, where the package's CPU module is importable, mmca.attention
+/ mmca.attention_backward for every variant. Skipped without a CUDA build, PyTorch or a GPU.
+"""
+import importlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+try:
+    cuda = importlib.import_module("mmca.cuda")
+except ImportError:
+    pytest.skip("mmca was built without CUDA", allow_module_level=True)
+
+pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and cuda.available()), reason="no CUDA device")
+
+TEXT, IMAGE = 1, 2
+
+
+def chat_types(length, text=5, image=7):
+    row = []
+    while len(row) < length:
+        row += [TEXT] * text + [IMAGE] * image
+    return np.array([row[:length]], dtype=np.int8)
+
+
+def spec_reference(q, k, v, types, variant):
+    """float64 attention from explicit masks (SPEC §2): causal, or paper MMCA (text rows: softmax over
+    earlier text plus softmax over earlier images; image rows: V at their own position)."""
+    q, k, v = q.double(), k.double(), v.double()
+    B, H, L, D = q.shape
+    G = H // k.shape[1]
+    k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)
+    t = torch.as_tensor(types, device=q.device).long()
+    scores = q @ k.transpose(-1, -2) / D ** 0.5
+    j = torch.arange(L, device=q.device)
+    earlier = j[None, :] <= j[:, None]
+    out = torch.zeros_like(q)
+    for b in range(B):
+        tq, tk = t[b][:, None], t[b][None, :]
+        if variant == "causal":
+            groups = [earlier & (tk != 0) & (tq != 0)]
+        else:
+            groups = [earlier & (tq == TEXT) & (tk == TEXT), earlier & (tq == TEXT) & (tk == IMAGE)]
+        for mask in groups:
+            s = scores[b].masked_fill(~mask, float("-inf"))
+            p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # rows with no member key: 0
+            out[b] = out[b] + p @ v[b]
+        if variant == "mmca":
+            image = (t[b] == IMAGE)[None, :, None]
+            out[b] = torch.where(image, v[b], out[b])
+    return out
+
+
+@pytest.mark.parametrize("variant", ["causal", "mmca"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_forward_and_backward_match_spec_oracle(variant, dtype, tol):
+    torch.manual_seed(0)
+    B, H, Hkv, L, D = 1, 4, 2, 77, 64
+    dev = torch.device("cuda")
+    q = torch.randn(B, H, L, D, device=dev).to(dtype).requires_grad_(True)
+    k = torch.randn(B, Hkv, L, D, device=dev).to(dtype).requires_grad_(True)
+    v = torch.randn(B, Hkv, L, D, device=dev).to(dtype).requires_grad_(True)
+    types = chat_types(L)
+    out = cuda.attention_torch(q, k, v, types, variant)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+
+    q64, k64, v64 = (x.detach().double().requires_grad_(True) for x in (q, k, v))
+    ref = spec_reference(q64, k64, v64, types, variant)
+    ref_grads = torch.autograd.grad(ref, (q64, k64, v64), g.double())
+
+    def close(a, b):
+        scale = b.abs().max().item()
+        return (a.double() - b).abs().max().item() <= tol * max(scale, 1e-30)
+
+    assert close(out, ref)
+    for name, a, b in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert close(a, b), name
+
+
+def test_low_level_entry_points_write_caller_tensors_and_stats():
+    dev = torch.device("cuda")
+    B, H, L, D = 1, 2, 40, 32
+    q, k, v = (torch.randn(B, H, L, D, device=dev) for _ in range(3))
+    types = chat_types(L)
+    out = torch.full_like(q, float("nan"))
+    row_max = torch.full((B, H, L, 2), float("nan"), device=dev)
+    row_sum = torch.full_like(row_max, float("nan"))
+    group_out = torch.full((B, H, L, 2, D), float("nan"), device=dev)
+    cuda.attention(q, k, v, out, types, "mmca", row_max=row_max, row_sum=row_sum, group_out=group_out)
+    cuda.synchronize()
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out.double(), spec_reference(q, k, v, types, "mmca"), atol=1e-5)
+    # Image rows have no softmax: both groups empty.
+    image = torch.as_tensor(types[0] == IMAGE, device=dev)
+    assert torch.isinf(row_max[0, :, image]).all() and (row_sum[0, :, image] == 0).all()
+    dq, dk, dv = (torch.full_like(x, float("nan")) for x in (q, k, v))
+    g = torch.randn_like(out)
+    cuda.attention_backward(q, k, v, g, row_max, row_sum, group_out, dq, dk, dv, types, "mmca")
+    cuda.synchronize()
+    assert all(torch.isfinite(x).all() for x in (dq, dk, dv))
+
+
+def test_every_variant_against_the_cpu_module():
+    mmca = pytest.importorskip("mmca")
+    if not hasattr(mmca, "attention_backward"):
+        pytest.skip("the CPU module is not built")
+    rng = np.random.default_rng(3)
+    B, H, L, D = 1, 2, 50, 32
+    q, k, v, g = (rng.standard_normal((B, H, L, D)).astype(np.float32) for _ in range(4))
+    types = chat_types(L, text=6, image=9)
+    dev = torch.device("cuda")
+    for variant in ["causal", "mmca", "mmca_reference", "causal_cross"]:
+        tq, tk, tv = (torch.tensor(x, device=dev, requires_grad=True) for x in (q, k, v))
+        out = cuda.attention_torch(tq, tk, tv, types, variant)
+        grads = torch.autograd.grad(out, (tq, tk, tv), torch.tensor(g, device=dev))
+        ref = mmca.attention(q, k, v, types, variant, impl="reference")
+        np.testing.assert_allclose(out.detach().cpu().numpy(), ref, atol=1e-5 * np.abs(ref).max())
+        ref_grads = mmca.attention_backward(q, k, v, g, types, variant, impl="reference")
+        for a, b in zip(grads, ref_grads):
+            b = np.asarray(b)
+            np.testing.assert_allclose(a.cpu().numpy(), b, atol=1e-5 * max(np.abs(b).max(), 1e-30))
+
+
+def test_errors_name_the_argument():
+    dev = torch.device("cuda")
+    q = torch.randn(1, 2, 8, 16, device=dev)
+    k = torch.randn(1, 2, 8, 16, device=dev, dtype=torch.float16)
+    out = torch.empty_like(q)
+    types = chat_types(8)
+    with pytest.raises(ValueError, match="'k'"):
+        cuda.attention(q, k, k, out, types, "mmca")
+    with pytest.raises(ValueError, match="'q'.*CUDA device"):
+        cuda.attention(q.cpu(), q, q, out, types, "mmca")
+    with pytest.raises(TypeError, match="'v'"):
+        cuda.attention(q, q, np.zeros((1, 2, 8, 16), np.float32), out, types, "mmca")

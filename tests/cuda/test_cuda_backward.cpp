@@ -1,0 +1,288 @@
+// tests/cuda/test_cuda_backward.cpp - the CUDA attention backward (and the forward's statistics)
+// against the CPU oracles.
+//
+// Every variant / policy x every case of cuda_test_cases.hpp x float32, float16, bfloat16, with the
+// statistics written by each forward kernel (tiled and rows):
+//   float32:           dq, dk, dv within 1e-5 * max|ref| of the reference backward (explicit masks,
+//                      double precision); the statistics within 1e-5 of the CPU fused forward's
+//   float16/bfloat16:  max|gpu - ref| <= 2 * max|plain - ref| + u * max|ref| per gradient, where
+//                      `plain` is a plain backward at the same precision (P and dS rounded to the
+//                      type before their products, float32 accumulation, outputs rounded)
+// All device outputs start as NaN: every element of dq, dk and dv must be written.
+// Without a CUDA device every test is skipped.
+#include "attention_test_util.hpp"
+#include "cuda_test_cases.hpp"
+#include "cuda_test_support.hpp"
+
+#include "mmca/attention/attention_backward.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace mmca_cuda_test {
+namespace {
+
+using mmca_test::all_close;
+using mmca_test::bitwise_equal;
+
+struct grads {
+    tensor4 dq, dk, dv;
+};
+
+/// A plain backward at the precision of S over the SPEC row groups of attention_test_util.hpp.
+template <class S>
+grads plain_backward(const tensor4& q, const tensor4& k, const tensor4& v, const tensor4& dout,
+                     const owned_tokens& tokens, const variant_spec& variant, double scale_in) {
+    const std::size_t B = q.shape()[0], Hq = q.shape()[1], Lq = q.shape()[2], D = q.shape()[3];
+    const std::size_t Hkv = k.shape()[1], Lk = k.shape()[2];
+    const float scale = scale_in == 0.0 ? 1.0f / std::sqrt(static_cast<float>(D)) : static_cast<float>(scale_in);
+    grads g{tensor4(q.shape()), tensor4(k.shape()), tensor4(k.shape())};
+    g.dq.fill(0.0f);
+    g.dk.fill(0.0f);
+    g.dv.fill(0.0f);
+    for (std::size_t b = 0; b < B; ++b) {
+        const std::size_t kvl = tokens.with_kv_lens ? static_cast<std::size_t>(tokens.kv_lens(b)) : Lk;
+        const std::size_t ql = tokens.with_q_lens ? static_cast<std::size_t>(tokens.q_lens(b)) : Lq;
+        std::vector<std::int8_t> types(kvl);
+        std::vector<std::int32_t> ids(kvl, -1);
+        std::int32_t run = -1;
+        for (std::size_t x = 0; x < kvl; ++x) {
+            types[x] = tokens.types(b, x);
+            if (types[x] == mmca_test::I && (x == 0 || types[x - 1] != mmca_test::I)) ++run;
+            if (types[x] == mmca_test::I) ids[x] = tokens.with_ids ? tokens.image_ids(b, x) : run;
+        }
+        for (std::size_t i = 0; i < ql; ++i) {
+            const std::size_t j = kvl - ql + i;
+            bool self_term = false;
+            const auto groups = mmca_test::spec_row_groups(variant, types.data(), ids.data(), kvl, j, self_term);
+            for (std::size_t h = 0; h < Hq; ++h) {
+                const std::size_t hk = h / (Hq / Hkv);
+                for (const auto& grp : groups) {
+                    const std::size_t n_keys = grp.keys.size();
+                    std::vector<float> p(n_keys, 1.0f / static_cast<float>(n_keys));
+                    if (!grp.uniform) {
+                        float mx = -std::numeric_limits<float>::infinity();
+                        for (std::size_t n = 0; n < n_keys; ++n) {
+                            float s = 0.0f;
+                            for (std::size_t d = 0; d < D; ++d) s += q(b, h, i, d) * k(b, hk, grp.keys[n], d);
+                            p[n] = s * scale;
+                            mx = std::max(mx, p[n]);
+                        }
+                        float total = 0.0f;
+                        for (auto& x : p) total += (x = std::exp(x - mx));
+                        for (auto& x : p) x /= total;
+                    }
+                    std::vector<float> o(D, 0.0f);
+                    for (std::size_t n = 0; n < n_keys; ++n)
+                        for (std::size_t d = 0; d < D; ++d) o[d] += round_to<S>(p[n]) * v(b, hk, grp.keys[n], d);
+                    float delta = 0.0f;
+                    for (std::size_t d = 0; d < D; ++d) delta += dout(b, h, i, d) * o[d];
+                    for (std::size_t n = 0; n < n_keys; ++n) {
+                        const std::size_t key = grp.keys[n];
+                        const float pr = round_to<S>(p[n]);
+                        float dp = 0.0f;
+                        for (std::size_t d = 0; d < D; ++d) {
+                            dp += dout(b, h, i, d) * v(b, hk, key, d);
+                            g.dv(b, hk, key, d) += pr * dout(b, h, i, d);
+                        }
+                        if (grp.uniform) continue;
+                        const float ds = round_to<S>(p[n] * (dp - delta)) * scale;
+                        for (std::size_t d = 0; d < D; ++d) {
+                            g.dq(b, h, i, d) += ds * k(b, hk, key, d);
+                            g.dk(b, hk, key, d) += ds * q(b, h, i, d);
+                        }
+                    }
+                }
+                if (self_term)
+                    for (std::size_t d = 0; d < D; ++d) g.dv(b, hk, j, d) += dout(b, h, i, d);
+            }
+        }
+    }
+    for (tensor4* t : {&g.dq, &g.dk, &g.dv})
+        for (std::size_t n = 0; n < t->size(); ++n) t->data()[n] = round_to<S>(t->data()[n]);
+    return g;
+}
+
+/// The statistics of two forwards agree: same empty groups (-inf max, 0 sum), finite values within
+/// tol relative to the largest magnitude of the array.
+::testing::AssertionResult stats_close(const tensor4& gpu, const tensor4& cpu, double tol) {
+    double worst = 0.0, scale = 0.0;
+    for (std::size_t n = 0; n < cpu.size(); ++n)
+        if (std::isfinite(cpu.data()[n])) scale = std::max(scale, static_cast<double>(std::abs(cpu.data()[n])));
+    for (std::size_t n = 0; n < cpu.size(); ++n) {
+        const float a = gpu.data()[n], b = cpu.data()[n];
+        if (std::isinf(b)) {
+            if (!(a == b)) return ::testing::AssertionFailure() << "element " << n << ": " << a << ", expected " << b;
+            continue;
+        }
+        if (!std::isfinite(a)) return ::testing::AssertionFailure() << "element " << n << ": " << a << ", expected " << b;
+        worst = std::max(worst, static_cast<double>(std::abs(a - b)));
+    }
+    if (worst <= tol * std::max(scale, 1e-30)) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure() << "max diff " << worst << " > " << tol << " * " << scale;
+}
+
+tensor4 flat(const mmca::tensor<float, 5>& t) {
+    tensor4 r(std::array<std::size_t, 4>{t.shape()[0], t.shape()[1], t.shape()[2], t.shape()[3] * t.shape()[4]});
+    std::copy(t.data(), t.data() + t.size(), r.data());
+    return r;
+}
+
+bool tiled_serves(const gpu_case& c, dtype_kind d) {
+    const std::size_t chunk = d == dtype_kind::f32 ? 4 : 8;
+    return c.D <= 128 && c.D % chunk == 0;
+}
+
+tensor4 upstream(const gpu_case& c) {
+    return mmca_test::random_tensor({c.B, c.Hq, c.Lq, c.D}, c.seed * 7 + 5, -1.0f, 1.0f);
+}
+
+template <class S>
+void check_backward(const variant_spec& variant, const gpu_case& c, dtype_kind dt) {
+    const gpu_problem p = make_gpu_problem(c);
+    const auto options = variant.options(0, c.scale);
+    const auto layout = p.tokens.layout();
+    const tensor4 q = rounded<S>(p.q), k = rounded<S>(p.k), v = rounded<S>(p.v), dout = rounded<S>(upstream(c));
+    const mmca::attention_gradients ref =
+        mmca::attention_backward(q, k, v, dout, layout, options, {}, mmca::attention_impl::reference);
+    grads bound_of{};
+    double bounds[3] = {0.0, 0.0, 0.0};
+    if (dt != dtype_kind::f32) {
+        const grads plain = plain_backward<S>(q, k, v, dout, p.tokens, variant, c.scale);
+        const tensor4* r[3] = {&ref.dq, &ref.dk, &ref.dv};
+        const tensor4* pl[3] = {&plain.dq, &plain.dk, &plain.dv};
+        for (int x = 0; x < 3; ++x) bounds[x] = 2.0 * max_abs_diff(*pl[x], *r[x]) + unit_roundoff(dt) * max_abs(*r[x]);
+    }
+    const mmca::attention_forward_result cpu = dt == dtype_kind::f32
+                                                   ? mmca::attention_with_stats(q, k, v, layout, options)
+                                                   : mmca::attention_forward_result{};
+    for (kernel_choice kernel : {kernel_choice::tiled, kernel_choice::rows}) {
+        if (kernel == kernel_choice::tiled && !tiled_serves(c, dt)) continue;
+        SCOPED_TRACE(std::string("forward kernel ") + kernel_name(kernel));
+        run_options run;
+        run.kernel = kernel;
+        const std::vector<int> blocks = dt == dtype_kind::f32 && c.D <= 128 && kernel == kernel_choice::rows
+                                            ? std::vector<int>{0, 32}
+                                            : std::vector<int>{0};
+        for (int block : blocks) {
+            SCOPED_TRACE("backward block " + std::to_string(block));
+            const backward_run r = run_backward<S>(q, k, v, dout, layout, options, run, block);
+            const tensor4* got[3] = {&r.dq, &r.dk, &r.dv};
+            const tensor4* want[3] = {&ref.dq, &ref.dk, &ref.dv};
+            const char* names[3] = {"dq", "dk", "dv"};
+            for (int x = 0; x < 3; ++x) {
+                if (dt == dtype_kind::f32) {
+                    EXPECT_TRUE(all_close(*got[x], *want[x], 1e-5)) << names[x];
+                } else {
+                    const double error = max_abs_diff(*got[x], *want[x]);
+                    EXPECT_LE(error, bounds[x]) << names[x] << ": gpu error " << error << ", max|ref| "
+                                                << max_abs(*want[x]);
+                }
+            }
+            if (dt == dtype_kind::f32) {
+                EXPECT_TRUE(stats_close(r.row_max, cpu.row_max, 1e-5)) << "row_max";
+                EXPECT_TRUE(stats_close(r.row_sum, cpu.row_sum, 1e-5)) << "row_sum";
+                EXPECT_TRUE(stats_close(r.group_out, flat(cpu.group_out), 1e-5)) << "group_out";
+                EXPECT_TRUE(all_close(r.out, cpu.out, 1e-5)) << "out";
+            }
+        }
+    }
+}
+
+class CudaBackward : public ::testing::TestWithParam<std::tuple<variant_spec, gpu_case, dtype_kind>> {};
+
+TEST_P(CudaBackward, MatchesCpuReference) {
+    MMCA_REQUIRE_GPU();
+    const auto& [variant, c, dt] = GetParam();
+    switch (dt) {
+        case dtype_kind::f32: check_backward<float>(variant, c, dt); break;
+        case dtype_kind::f16: check_backward<mmca::float16>(variant, c, dt); break;
+        case dtype_kind::bf16: check_backward<mmca::bfloat16>(variant, c, dt); break;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, CudaBackward,
+                         ::testing::Combine(::testing::ValuesIn(mmca_test::all_variants()),
+                                            ::testing::ValuesIn(gpu_cases()),
+                                            ::testing::Values(dtype_kind::f32, dtype_kind::f16, dtype_kind::bf16)),
+                         [](const auto& info) {
+                             return std::get<1>(info.param).name + "_" + std::get<0>(info.param).name() + "_" +
+                                    dtype_name(std::get<2>(info.param));
+                         });
+
+// Many tiles and key blocks per sequence (block skipping over long image runs).
+class CudaBackwardLarge : public ::testing::TestWithParam<std::tuple<variant_spec, dtype_kind>> {};
+
+TEST_P(CudaBackwardLarge, ManyTilesAndBlocks) {
+    MMCA_REQUIRE_GPU();
+    const auto& [variant, dt] = GetParam();
+    const gpu_case c{"L600_D128", 1, 2, 1, 128, 600, 600, {}, {}, {pattern_kind::consecutive_images},
+                     true, 0.0f, 1.0f, 43};
+    if (dt == dtype_kind::f32)
+        check_backward<float>(variant, c, dt);
+    else
+        check_backward<mmca::bfloat16>(variant, c, dt);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, CudaBackwardLarge,
+                         ::testing::Combine(::testing::ValuesIn(mmca_test::all_variants()),
+                                            ::testing::Values(dtype_kind::f32, dtype_kind::bf16)),
+                         [](const auto& info) {
+                             return std::get<0>(info.param).name() + "_" + dtype_name(std::get<1>(info.param));
+                         });
+
+template <class S>
+void check_backward_views() {
+    const gpu_case c{"L150_D128_gqa21", 2, 4, 2, 128, 150, 150, {150, 101}, {150, 101},
+                     {pattern_kind::interleaved, pattern_kind::leading_image}, true, 0.0f, 1.0f, 52};
+    const gpu_problem p = make_gpu_problem(c);
+    const auto layout = p.tokens.layout();
+    const tensor4 dout = upstream(c);
+    for (const auto& variant : mmca_test::all_variants()) {
+        SCOPED_TRACE(variant.name());
+        const auto options = variant.options();
+        run_options strided;
+        strided.head_major_layout = true;
+        strided.own_stream = true;
+        const backward_run a = run_backward<S>(p.q, p.k, p.v, dout, layout, options);
+        const backward_run b = run_backward<S>(p.q, p.k, p.v, dout, layout, options, strided);
+        const backward_run again = run_backward<S>(p.q, p.k, p.v, dout, layout, options);
+        for (const auto& [x, y] : {std::pair<const tensor4&, const tensor4&>{a.dq, b.dq}, {a.dk, b.dk}, {a.dv, b.dv},
+                                   {a.dq, again.dq}, {a.dk, again.dk}, {a.dv, again.dv}})
+            EXPECT_TRUE(bitwise_equal(x, y));
+    }
+}
+
+TEST(CudaBackwardViews, HeadMajorStorageOwnStreamDeterministicFloat32) {
+    MMCA_REQUIRE_GPU();
+    check_backward_views<float>();
+}
+
+TEST(CudaBackwardViews, HeadMajorStorageOwnStreamDeterministicBfloat16) {
+    MMCA_REQUIRE_GPU();
+    check_backward_views<mmca::bfloat16>();
+}
+
+TEST(CudaBackwardErrors, NamesTheArgument) {
+    MMCA_REQUIRE_GPU();
+    const gpu_case c = gpu_cases()[1];
+    const gpu_problem p = make_gpu_problem(c);
+    const auto options = mmca_test::all_variants()[1].options();
+    EXPECT_EQ(backward_error(p.q, p.k, p.v, p.tokens.layout(), options, ""), "");
+    for (const std::string name : {"dq", "dk", "dv", "dout", "row_max", "group_out"}) {
+        SCOPED_TRACE(name);
+        const std::string e = backward_error(p.q, p.k, p.v, p.tokens.layout(), options, name);
+        EXPECT_NE(e.find("mmca::cuda::attention_backward"), std::string::npos) << e;
+        EXPECT_NE(e.find("'" + name + "'"), std::string::npos) << e;
+        EXPECT_NE(e.find("expected"), std::string::npos) << e;
+    }
+}
+
+}  // namespace
+}  // namespace mmca_cuda_test
