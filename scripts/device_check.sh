@@ -130,12 +130,17 @@ if ls "${BUILD}"/python/mmca/_cuda*.so > /dev/null 2>&1; then
   : > "${SHIM}/mmca/__init__.py"
   cp "${BUILD}"/python/mmca/_cuda*.so "${ROOT}/python/mmca/cuda.py" "${SHIM}/mmca/"
   cp "${ROOT}/python/tests/test_cuda.py" "${SHIM}/tests/"
-  step pytest 120 env PYTHONPATH="${SHIM}" python3 -m pytest -q -p no:cacheprovider "${SHIM}/tests/test_cuda.py"
+  if ! step pytest 120 env PYTHONPATH="${SHIM}" python3 -X faulthandler -m pytest -q -p no:cacheprovider \
+       "${SHIM}/tests/test_cuda.py" && command -v cuda-gdb > /dev/null; then
+    # A crash in native code: its backtrace.
+    PYTHONPATH="${SHIM}" timeout 120 cuda-gdb -batch -ex run -ex bt --args python3 -m pytest -q -x \
+      -p no:cacheprovider "${SHIM}/tests/test_cuda.py" > "${OUT}/pytest_gdb.log" 2>&1
+  fi
 fi
 wait "${MEM_PID}" "${RACE_PID}"
 
-# 5. The benchmark (alone on the GPU).
-step bench 240 env PYTHONUNBUFFERED=1 python3 "${ROOT}/benchmarks/cuda/bench_attention_cuda.py" \
+# 5. The benchmark (alone on the GPU; SKIP_BENCH=1 skips it).
+[[ -n "${SKIP_BENCH:-}" ]] || step bench 240 env PYTHONUNBUFFERED=1 python3 "${ROOT}/benchmarks/cuda/bench_attention_cuda.py" \
      --lib "${BUILD}/libmmca_cuda_capi.so" --out "${OUT}/bench.md" ${BENCH_ARGS:-}
 
 echo "==== summary"
@@ -147,6 +152,7 @@ echo "==== sanitizers"
 grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|Device not supported|PASSED|FAILED' "${OUT}/memcheck.log" "${OUT}/racecheck.log" | head -20
 echo "==== python"
 tail -15 "${OUT}/pytest.log" 2>/dev/null
+grep -A25 -m1 '^#0' "${OUT}/pytest_gdb.log" 2>/dev/null
 echo "==== benchmark"
 grep -E '^check' "${OUT}/bench.log"
 cat "${OUT}/bench.md" 2>/dev/null || tail -20 "${OUT}/bench.log"

@@ -16,11 +16,57 @@ backward.
 """
 from __future__ import annotations
 
+import numpy as np
+
+
 try:
-    from ._cuda import CudaError, attention, attention_backward, available, device, synchronize
+    from . import _cuda
+    from ._cuda import CudaError, available, device, synchronize
 except ImportError as error:  # pragma: no cover - depends on the build
     raise ImportError("mmca.cuda: this mmca was built without CUDA (configure with -DMMCA_ENABLE_CUDA=ON "
                       "on a machine with nvcc)") from error
+
+
+def _metadata(x, dtype, where: str, name: str):
+    """Host integer metadata as a C-contiguous array of `dtype` (values checked to fit)."""
+    if x is None:
+        return None
+    a = np.asarray(x.cpu() if hasattr(x, "cpu") else x)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{where}: argument '{name}': got dtype {a.dtype}; expected an integer array")
+    info = np.iinfo(dtype)
+    if a.size and (a.min() < info.min or a.max() > info.max):
+        raise ValueError(f"{where}: argument '{name}': got values in [{a.min()}, {a.max()}]; "
+                         f"expected values that fit {np.dtype(dtype).name}")
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _tokens(where, token_types, image_ids, kv_lens, q_lens):
+    return dict(token_types=_metadata(token_types, np.int8, where, "token_types"),
+                image_ids=_metadata(image_ids, np.int32, where, "image_ids"),
+                kv_lens=_metadata(kv_lens, np.int32, where, "kv_lens"),
+                q_lens=_metadata(q_lens, np.int32, where, "q_lens"))
+
+
+def attention(q, k, v, out, token_types, variant: str, *, image_ids=None, policy=None, scale=None, kv_lens=None,
+              q_lens=None, row_max=None, row_sum=None, group_out=None, stream: int = 0) -> None:
+    """Fused attention of ``variant`` into ``out`` (every variant of :func:`mmca.attention`); with
+    row_max, row_sum (B, Hq, Lq, 2) and group_out (B, Hq, Lq, 2, D) float32 device tensors, also
+    the statistics for :func:`attention_backward`. Asynchronous on ``stream`` (an int cudaStream_t)."""
+    t = _tokens("mmca.cuda.attention", token_types, image_ids, kv_lens, q_lens)
+    _cuda.attention(q, k, v, out, t["token_types"], variant, image_ids=t["image_ids"], policy=policy, scale=scale,
+                    kv_lens=t["kv_lens"], q_lens=t["q_lens"], row_max=row_max, row_sum=row_sum,
+                    group_out=group_out, stream=stream)
+
+
+def attention_backward(q, k, v, dout, row_max, row_sum, group_out, dq, dk, dv, token_types, variant: str, *,
+                       image_ids=None, policy=None, scale=None, kv_lens=None, q_lens=None, stream: int = 0) -> None:
+    """dq, dk, dv (written in place) of attention for the upstream gradient ``dout``, from the
+    statistics that :func:`attention` wrote for the same inputs. Asynchronous on ``stream``."""
+    t = _tokens("mmca.cuda.attention_backward", token_types, image_ids, kv_lens, q_lens)
+    _cuda.attention_backward(q, k, v, dout, row_max, row_sum, group_out, dq, dk, dv, t["token_types"], variant,
+                             image_ids=t["image_ids"], policy=policy, scale=scale, kv_lens=t["kv_lens"],
+                             q_lens=t["q_lens"], stream=stream)
 
 __all__ = ["CudaError", "attention", "attention_backward", "attention_torch", "available", "device", "synchronize"]
 
@@ -70,11 +116,6 @@ def attention_torch(q, k, v, token_types, variant: str = "mmca", *, image_ids=No
     and the optional image_ids, kv_lens, q_lens are host integer arrays (numpy or lists), as for
     :func:`mmca.attention`. Returns out (B, Hq, Lq, D); out.backward() runs mmca's fused backward.
     """
-    import numpy as np
-
-    kwargs = dict(image_ids=None if image_ids is None else np.asarray(image_ids),
-                  policy=policy, scale=scale,
-                  kv_lens=None if kv_lens is None else np.asarray(kv_lens),
-                  q_lens=None if q_lens is None else np.asarray(q_lens))
-    types = np.asarray(token_types.cpu() if hasattr(token_types, "cpu") else token_types)
-    return _autograd_function().apply(q, k, v, types, variant, kwargs)
+    t = _tokens("mmca.cuda.attention_torch", token_types, image_ids, kv_lens, q_lens)
+    kwargs = dict(image_ids=t["image_ids"], policy=policy, scale=scale, kv_lens=t["kv_lens"], q_lens=t["q_lens"])
+    return _autograd_function().apply(q, k, v, t["token_types"], variant, kwargs)

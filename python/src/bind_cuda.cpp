@@ -3,7 +3,9 @@
 //
 // Device tensors cross without copies: a torch.Tensor on a CUDA device (data_ptr(), shape, stride(),
 // dtype; float32, float16 and bfloat16) or any object with __cuda_array_interface__ (CuPy, Numba;
-// float32 and float16). Token metadata is host data, as for mmca.attention. Calls are asynchronous on
+// float32 and float16). Token metadata is host data (int8 types, int32 ids and lengths, C-contiguous,
+// read through the buffer protocol; mmca/cuda.py converts other integer arrays and lists first).
+// Calls are asynchronous on
 // `stream` (an int cudaStream_t; 0: the legacy default stream, which torch's default stream is);
 // errors in the arguments raise before anything is launched. Built only when CUDA is enabled.
 #include "array_args.hpp"
@@ -103,28 +105,43 @@ mmca::tensor_ref<float, N> stats_ref(py::handle obj, const char* where, const ch
     return mmca::tensor_ref<float, N>(static_cast<float*>(d.data), shape, strides);
 }
 
-/// Host token metadata kept alive for the duration of a call.
-struct host_tokens {
-    py::array types;
-    std::optional<py::array> ids, kv_lens, q_lens;
-    mmca::token_layout layout() const {
-        mmca::token_layout t;
-        t.types = tensor_view<const std::int8_t, 2>(types);
-        t.image_ids = metadata_view<std::int32_t, 2>(ids);
-        t.kv_lens = metadata_view<std::int32_t, 1>(kv_lens);
-        t.q_lens = metadata_view<std::int32_t, 1>(q_lens);
-        return t;
+/// A C-contiguous host buffer of Int with N dimensions (token metadata; mmca.cuda's Python layer
+/// converts lists and other integer dtypes before the call). Uses the buffer protocol only.
+template <class Int, std::size_t N>
+mmca::tensor_ref<const Int, N> metadata_buffer(const py::object& obj, const char* where, const char* arg,
+                                               std::vector<py::buffer_info>& keep) {
+    if (obj.is_none()) return {};
+    if (!PyObject_CheckBuffer(obj.ptr()))
+        raise_type_error(where, arg, python_type_text(obj), "a C-contiguous integer array");
+    py::buffer_info info = py::reinterpret_borrow<py::buffer>(obj).request();
+    const char* int_name = sizeof(Int) == 1 ? "int8" : "int32";
+    if (info.itemsize != static_cast<py::ssize_t>(sizeof(Int)) || info.format.empty() ||
+        std::string("bBhHiIlLqQ").find(info.format.back()) == std::string::npos)
+        raise_type_error(where, arg, "format '" + info.format + "'", std::string("an array of ") + int_name);
+    if (info.ndim != static_cast<py::ssize_t>(N))
+        raise_value_error(where, arg, std::to_string(info.ndim) + " dimensions", std::to_string(N) + " dimensions");
+    std::array<std::int64_t, N> shape{};
+    py::ssize_t expect = info.itemsize;
+    for (std::size_t d = N; d-- > 0;) {
+        shape[d] = static_cast<std::int64_t>(info.shape[d]);
+        if (info.shape[d] > 1 && info.strides[d] != expect)
+            raise_value_error(where, arg, "a strided array", "a C-contiguous array");
+        expect *= info.shape[d];
     }
-};
+    const auto* data = static_cast<const Int*>(info.ptr);
+    keep.push_back(std::move(info));
+    return mmca::tensor_ref<const Int, N>(data, shape);
+}
 
-host_tokens parse_tokens(const char* where, const py::object& types, const py::object& ids, const py::object& kv_lens,
-                         const py::object& q_lens) {
-    host_tokens t;
-    t.types = integer_metadata<std::int8_t>(types, {where, "token_types", 2, "(B, Lk)"},
-                                            "a token type: 0 (pad), 1 (text) or 2 (image)");
-    t.ids = optional_integer_metadata<std::int32_t>(ids, {where, "image_ids", 2, "(B, Lk)"}, "an image index (int32)");
-    t.kv_lens = optional_integer_metadata<std::int32_t>(kv_lens, {where, "kv_lens", 1, "(B,)"}, "a length (int32)");
-    t.q_lens = optional_integer_metadata<std::int32_t>(q_lens, {where, "q_lens", 1, "(B,)"}, "a length (int32)");
+/// The token layout of a call from its host metadata (buffers kept alive in `keep`).
+mmca::token_layout parse_tokens(const char* where, const py::object& types, const py::object& ids,
+                                const py::object& kv_lens, const py::object& q_lens, std::vector<py::buffer_info>& keep) {
+    if (types.is_none()) raise_type_error(where, "token_types", "None", "an int8 array (B, Lk)");
+    mmca::token_layout t;
+    t.types = metadata_buffer<std::int8_t, 2>(types, where, "token_types", keep);
+    t.image_ids = metadata_buffer<std::int32_t, 2>(ids, where, "image_ids", keep);
+    t.kv_lens = metadata_buffer<std::int32_t, 1>(kv_lens, where, "kv_lens", keep);
+    t.q_lens = metadata_buffer<std::int32_t, 1>(q_lens, where, "q_lens", keep);
     return t;
 }
 
@@ -135,7 +152,8 @@ void cuda_attention(const py::object& q, const py::object& k, const py::object& 
                     const py::object& row_sum, const py::object& group_out, std::uintptr_t stream) {
     constexpr const char* where = "mmca.cuda.attention";
     const mmca::attention_options options = parse_attention_options(where, variant, policy, scale, 0);
-    const host_tokens tokens = parse_tokens(where, token_types, image_ids, kv_lens, q_lens);
+    std::vector<py::buffer_info> keep;
+    const mmca::token_layout layout = parse_tokens(where, token_types, image_ids, kv_lens, q_lens, keep);
     const device_view dq = view4(device_tensor_arg(q, where, "q", 4)), dk = view4(device_tensor_arg(k, where, "k", 4)),
                       dv = view4(device_tensor_arg(v, where, "v", 4)), dout = view4(device_tensor_arg(out, where, "out", 4));
     const int given = !row_max.is_none() + !row_sum.is_none() + !group_out.is_none();
@@ -146,7 +164,6 @@ void cuda_attention(const py::object& q, const py::object& k, const py::object& 
     if (given == 3)
         stats.emplace(stats_ref<4>(row_max, where, "row_max"), stats_ref<4>(row_sum, where, "row_sum"),
                       stats_ref<5>(group_out, where, "group_out"));
-    const mmca::token_layout layout = tokens.layout();
     py::gil_scoped_release release;
     mmca::cuda::lib::attention_forward(dq, dk, dv, layout, options, dout, reinterpret_cast<void*>(stream),
                                        stats ? &*stats : nullptr);
@@ -160,7 +177,8 @@ void cuda_attention_backward(const py::object& q, const py::object& k, const py:
                              const py::object& kv_lens, const py::object& q_lens, std::uintptr_t stream) {
     constexpr const char* where = "mmca.cuda.attention_backward";
     const mmca::attention_options options = parse_attention_options(where, variant, policy, scale, 0);
-    const host_tokens tokens = parse_tokens(where, token_types, image_ids, kv_lens, q_lens);
+    std::vector<py::buffer_info> keep;
+    const mmca::token_layout layout = parse_tokens(where, token_types, image_ids, kv_lens, q_lens, keep);
     const mmca::attention_stats stats(stats_ref<4>(row_max, where, "row_max"), stats_ref<4>(row_sum, where, "row_sum"),
                                       stats_ref<5>(group_out, where, "group_out"));
     const device_view vq = view4(device_tensor_arg(q, where, "q", 4)), vk = view4(device_tensor_arg(k, where, "k", 4)),
@@ -168,7 +186,6 @@ void cuda_attention_backward(const py::object& q, const py::object& k, const py:
                       vg = view4(device_tensor_arg(dout, where, "dout", 4)),
                       vdq = view4(device_tensor_arg(dq, where, "dq", 4)), vdk = view4(device_tensor_arg(dk, where, "dk", 4)),
                       vdv = view4(device_tensor_arg(dv, where, "dv", 4));
-    const mmca::token_layout layout = tokens.layout();
     py::gil_scoped_release release;
     mmca::cuda::lib::attention_backward(vq, vk, vv, vg, layout, options, mmca::attention_stats_view(stats), vdq, vdk,
                                         vdv, reinterpret_cast<void*>(stream));

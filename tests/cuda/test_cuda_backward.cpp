@@ -4,7 +4,8 @@
 // Every variant / policy x every case of cuda_test_cases.hpp x float32, float16, bfloat16, with the
 // statistics written by each forward kernel (tiled and rows):
 //   float32:           dq, dk, dv within 1e-5 * max|ref| of the reference backward (explicit masks,
-//                      double precision); the statistics within 1e-5 of the CPU fused forward's
+//                      double precision; max|ref| at least max|ref dv|, since dq and dk can be
+//                      exactly 0); the statistics within 1e-5 of the CPU fused forward's
 //   float16/bfloat16:  max|gpu - ref| <= 2 * max|plain - ref| + u * max|ref| per gradient, where
 //                      `plain` is a plain backward at the same precision (P and dS rounded to the
 //                      type before their products, float32 accumulation, outputs rounded)
@@ -18,6 +19,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -151,13 +153,16 @@ void check_backward(const variant_spec& variant, const gpu_case& c, dtype_kind d
     const tensor4 q = rounded<S>(p.q), k = rounded<S>(p.k), v = rounded<S>(p.v), dout = rounded<S>(upstream(c));
     const mmca::attention_gradients ref =
         mmca::attention_backward(q, k, v, dout, layout, options, {}, mmca::attention_impl::reference);
-    grads bound_of{};
+    // dq and dk can be exactly 0 (a row with one key: its softmax has no gradient), where float32
+    // leaves ~1e-8; the scale of the gradient terms is then that of dv (dout times P).
+    const double floor = max_abs(ref.dv);
     double bounds[3] = {0.0, 0.0, 0.0};
     if (dt != dtype_kind::f32) {
         const grads plain = plain_backward<S>(q, k, v, dout, p.tokens, variant, c.scale);
         const tensor4* r[3] = {&ref.dq, &ref.dk, &ref.dv};
         const tensor4* pl[3] = {&plain.dq, &plain.dk, &plain.dv};
-        for (int x = 0; x < 3; ++x) bounds[x] = 2.0 * max_abs_diff(*pl[x], *r[x]) + unit_roundoff(dt) * max_abs(*r[x]);
+        for (int x = 0; x < 3; ++x)
+            bounds[x] = 2.0 * max_abs_diff(*pl[x], *r[x]) + unit_roundoff(dt) * std::max(max_abs(*r[x]), floor);
     }
     const mmca::attention_forward_result cpu = dt == dtype_kind::f32
                                                    ? mmca::attention_with_stats(q, k, v, layout, options)
@@ -178,7 +183,7 @@ void check_backward(const variant_spec& variant, const gpu_case& c, dtype_kind d
             const char* names[3] = {"dq", "dk", "dv"};
             for (int x = 0; x < 3; ++x) {
                 if (dt == dtype_kind::f32) {
-                    EXPECT_TRUE(all_close(*got[x], *want[x], 1e-5)) << names[x];
+                    EXPECT_TRUE(all_close(*got[x], *want[x], 1e-5, floor)) << names[x];
                 } else {
                     const double error = max_abs_diff(*got[x], *want[x]);
                     EXPECT_LE(error, bounds[x]) << names[x] << ": gpu error " << error << ", max|ref| "

@@ -6,7 +6,9 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdio>
 #include <sstream>
+#include <type_traits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -32,26 +34,42 @@ private:
 
 namespace detail {
 
-/// Streams any value (or a container of values) into a string for error messages.
+/// Text of any value for error messages, as `std::ostream << value` prints it. Numbers and strings
+/// are formatted without iostreams (printf's %g is what a default ostream prints for floating
+/// point), so that a message can be built even in a process whose libraries interpose parts of
+/// the C++ stream library; other types go through an ostringstream.
 template <class T>
 std::string to_text(const T& value) {
-    std::ostringstream os;
-    os << value;
-    return os.str();
+    using U = std::decay_t<T>;
+    if constexpr (std::is_same_v<U, char> || std::is_same_v<U, signed char> || std::is_same_v<U, unsigned char>) {
+        return std::string(1, static_cast<char>(value));
+    } else if constexpr (std::is_same_v<U, bool>) {
+        return value ? "1" : "0";
+    } else if constexpr (std::is_integral_v<U>) {
+        return std::to_string(value);
+    } else if constexpr (std::is_floating_point_v<U>) {
+        char buffer[64];
+        std::snprintf(buffer, sizeof(buffer), "%g", static_cast<double>(value));
+        return buffer;
+    } else if constexpr (std::is_convertible_v<const U&, std::string>) {
+        return std::string(value);
+    } else {
+        std::ostringstream os;
+        os << value;
+        return os.str();
+    }
 }
 
 template <class Container>
 std::string shape_text(const Container& shape) {
-    std::ostringstream os;
-    os << '[';
+    std::string text = "[";
     bool first = true;
     for (auto s : shape) {
-        if (!first) os << ", ";
-        os << s;
+        if (!first) text += ", ";
+        text += to_text(s);
         first = false;
     }
-    os << ']';
-    return os.str();
+    return text + "]";
 }
 
 }  // namespace detail

@@ -7,7 +7,6 @@
 #include "mmca/backend/cuda/attention_fused.cuh"
 #include "mmca/core/error.hpp"
 
-#include <sstream>
 #include <string>
 
 namespace mmca {
@@ -56,9 +55,8 @@ std::string device_description() {
     int dev = 0;
     cudaDeviceProp prop{};
     if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) return "";
-    std::ostringstream os;
-    os << prop.name << " (sm_" << prop.major << prop.minor << ", " << prop.multiProcessorCount << " SMs)";
-    return os.str();
+    return std::string(prop.name) + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ", " +
+           std::to_string(prop.multiProcessorCount) + " SMs)";
 }
 
 void synchronize(void* stream) {
