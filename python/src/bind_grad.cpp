@@ -18,6 +18,7 @@
 #include "mmca/nn/grad/mlp_backward.hpp"
 #include "mmca/nn/grad/norm_backward.hpp"
 #include "mmca/nn/grad/rope_backward.hpp"
+#include "mmca/nn/lora.hpp"
 #include "mmca/vision/projector_backward.hpp"
 
 #include <pybind11/numpy.h>
@@ -336,10 +337,40 @@ py::tuple projector_backward(const std::string& path, py::handle x_obj, py::hand
     return py::make_tuple(y, dx, projector_grads_dict(p, g));
 }
 
+py::array lora_merge(py::handle w_obj, py::handle a_obj, py::handle b_obj, double alpha) {
+    const char* where = "mmca.grad.lora_merge";
+    py::array keep;
+    const mmca::nn::matrix_ref w = weight_matrix(w_obj, where, "weight", keep);
+    py::array a = f32_tensor(a_obj, where, "lora_a", 2, "(r, in)");
+    py::array b = f32_tensor(b_obj, where, "lora_b", 2, "(out, r)");
+    if (a.shape(1) != w.cols || a.shape(0) <= 0)
+        raise_value_error(where, "lora_a", "shape " + shape_text(a), "(r, " + std::to_string(w.cols) + ") with r > 0");
+    if (b.shape(0) != w.rows || b.shape(1) != a.shape(0))
+        raise_value_error(where, "lora_b", "shape " + shape_text(b),
+                          "(" + std::to_string(w.rows) + ", " + std::to_string(a.shape(0)) + ")");
+    if (!std::isfinite(alpha)) raise_value_error(where, "alpha", std::to_string(alpha), "a finite number");
+    mmca::nn::lora_adapter ad;
+    ad.rank = a.shape(0);
+    ad.in = w.cols;
+    ad.out = w.rows;
+    ad.a.assign(static_cast<const float*>(a.data()), static_cast<const float*>(a.data()) + a.size());
+    ad.b.assign(static_cast<const float*>(b.data()), static_cast<const float*>(b.data()) + b.size());
+    f32 out({static_cast<py::ssize_t>(w.rows), static_cast<py::ssize_t>(w.cols)});
+    {
+        py::gil_scoped_release release;
+        const auto merged = mmca::nn::lora_merge(w, ad, static_cast<float>(alpha / static_cast<double>(ad.rank)));
+        std::copy(merged.begin(), merged.end(), out.mutable_data());
+    }
+    return out;
+}
+
 }  // namespace
 
 void register_grad(py::module_& m) {
     py::module_ g = m.def_submodule("grad", "Backward passes of the trainable path (docs/training.md).");
+    g.def("lora_merge", &lora_merge, py::arg("weight"), py::arg("lora_a"), py::arg("lora_b"), py::kw_only(),
+          py::arg("alpha"),
+          "W + (alpha / r) * B @ A as a new float32 [out, in] array (W float32, float16 or bfloat16 bits).");
     g.def("linear_backward", &linear_backward, py::arg("x"), py::arg("weight"), py::arg("dy"), py::kw_only(),
           py::arg("weight_grad") = true, py::arg("bias_grad") = true, py::arg("num_threads") = 0,
           "Gradients of y = x·weightᵀ + b: (dx (N, in), dweight [out, in] or None, dbias (out) or None). weight is "

@@ -5,6 +5,7 @@
 // converted after a range check, wrong dtypes are TypeError, bad shapes/values ValueError, the GIL is
 // released around model calls, and views into C++ memory keep their owner alive.
 #include "array_args.hpp"
+#include "lora_args.hpp"
 
 #include "mmca/io/checkpoint.hpp"
 #include "mmca/io/llama_config_json.hpp"
@@ -107,6 +108,7 @@ public:
         std::lock_guard<std::mutex> lock(mutex_);
         return visit(std::forward<F>(f));
     }
+    std::mutex& mutex() { return mutex_; }
     std::string kv_dtype() {
         return visit([](auto& h) {
             using KV = typename std::decay_t<decltype(h.model)>::kv_type;
@@ -188,6 +190,59 @@ py::object forward(llama_object& self, py::handle embeddings, py::handle token_t
         self.locked([&](auto& h) { h.model.forward(e_ref, t_ref, i_ref, l_ref, out_ref, mode); });
     }
     return result;
+}
+
+/// The training path of the decoder (language/train.hpp) on whole sequences from position 0.
+py::dict backward(llama_object& self, py::handle embeddings, py::handle token_types, py::handle dlogits_obj,
+                  py::handle image_ids, py::handle lens, bool cross_blocks, py::object lora_obj, py::object lora_alpha) {
+    const char* where = "mmca.LlamaModel.backward";
+    py::array e = require_tensor(embeddings, {where, "embeddings", 3, "(B, L, H)"}, py::dtype::of<float>(), "float32");
+    py::array t = integer_metadata<std::int8_t>(token_types, {where, "token_types", 2, "(B, L)"}, "0, 1 or 2");
+    py::array dl = require_tensor(dlogits_obj, {where, "dlogits", 3, "(B, L, V)"}, py::dtype::of<float>(), "float32");
+    auto ids = optional_integer_metadata<std::int32_t>(image_ids, {where, "image_ids", 2, "(B, L)"}, "an int32 image index");
+    auto ln = optional_integer_metadata<std::int32_t>(lens, {where, "lens", 1, "(B,)"}, "an int32 count");
+    const std::int64_t B = e.shape(0), L = e.shape(1), H = e.shape(2);
+    const auto names = mmca::io::hf_llama_names();
+    py::dict grads, out;
+    self.visit([&](auto& h) {
+        const auto& c = h.model.config();
+        const auto& w = h.model.weights();
+        const std::int64_t V = c.vocab_size;
+        if (dl.shape(0) != B || dl.shape(1) != L || dl.shape(2) != V)
+            raise_value_error(where, "dlogits", "shape " + shape_text(dl),
+                              "(" + std::to_string(B) + ", " + std::to_string(L) + ", " + std::to_string(V) + ")");
+        if (cross_blocks && c.num_cross_blocks() == 0)
+            raise_value_error(where, "cross_blocks", "True", "False for a decoder without gated cross-attention blocks");
+        std::optional<mmca::llama_lora> lora;
+        if (!lora_obj.is_none()) lora = lora_from_dict(where, lora_obj, lora_alpha, c, names.layer_prefix);
+        const mmca::llama_lora* lp = lora ? &*lora : nullptr;
+        mmca::llama_grads g = mmca::make_llama_grads(w, lp, cross_blocks);
+        py::array_t<float> logits({B, L, V}), demb({B, L, H});
+        const auto e_ref = tensor_view<const float, 3>(e);
+        const auto t_ref = tensor_view<const std::int8_t, 2>(t);
+        const auto i_ref = metadata_view<std::int32_t, 2>(ids);
+        const auto l_ref = metadata_view<std::int32_t, 1>(ln);
+        const auto d_ref = tensor_view<const float, 3>(dl);
+        mmca::tensor_ref<float, 3> lo(logits.mutable_data(), {B, L, V}), de(demb.mutable_data(), {B, L, H});
+        {
+            py::gil_scoped_release release;
+            std::lock_guard<std::mutex> lock(self.mutex());
+            rethrow_as(where, [&] {
+                mmca::llama_tape tape;
+                const auto& ao = h.model.options().attention;
+                const int threads = h.model.options().num_threads;
+                mmca::llama_forward_train(c, w, ao, e_ref, t_ref, i_ref, l_ref, lo, tape, threads, lp);
+                mmca::llama_backward(c, w, ao, tape, d_ref, de, threads, &g, lp);
+                return 0;
+            });
+        }
+        if (lora) grads = lora_to_dict(g.lora, names.layer_prefix);
+        cross_grads_to_dict(grads, g.cross_blocks, w, names.cross_prefix);
+        out["logits"] = logits;
+        out["dembeddings"] = demb;
+    });
+    out["grads"] = grads;
+    return out;
 }
 
 py::object forward_tokens(llama_object& self, py::handle ids, py::handle lens, const std::string& logits,
@@ -345,6 +400,27 @@ logits : {'all', 'last', 'none'}
 out : numpy.ndarray, float32, optional
     Where to write the logits.
 )doc")
+        .def("backward", &backward, py::arg("embeddings"), py::arg("token_types"), py::arg("dlogits"), py::kw_only(),
+             py::arg("image_ids") = py::none(), py::arg("lens") = py::none(), py::arg("cross_blocks") = true,
+             py::arg("lora") = py::none(), py::arg("lora_alpha") = py::none(), R"doc(
+The training path (docs/training.md): runs whole sequences from position 0 with a tape (the KV cache
+is not touched) and back-propagates dlogits (B, L, V), the gradient of a loss with respect to the
+logits. The decoder's own weights are frozen. cross_blocks: gradients of the gated cross-attention
+blocks' parameters ('model.cross_blocks.N.*'); lora: adapters on q/k/v/o (a dict as lora_adapters()
+returns, with lora_alpha), whose '...lora_A.weight' / '...lora_B.weight' get gradients. Returns a dict:
+logits (B, L, V), dembeddings (B, L, H) (image rows included), grads (name -> float32 array).
+)doc")
+        .def("lora_adapters",
+             [](llama_object& self, std::int64_t rank, double alpha, const std::string& targets, std::uint64_t seed) {
+                 return self.visit([&](auto& h) {
+                     return new_lora_dict("mmca.LlamaModel.lora_adapters", h.model.config(), rank, alpha, targets, seed,
+                                          mmca::io::hf_llama_names().layer_prefix);
+                 });
+             },
+             py::kw_only(), py::arg("rank") = 8, py::arg("alpha") = 16.0, py::arg("targets") = "qv", py::arg("seed") = 0,
+             R"doc(Fresh LoRA adapters for q/k/v/o (targets: letters of 'qkvo' or 'all'): a dict
+'model.layers.N.self_attn.P_proj.lora_A.weight' (rank, in), uniform on +-1/sqrt(in) from seed, and
+'...lora_B.weight' (out, rank), zero. Merge them for inference with mmca.grad.lora_merge.)doc")
         .def("forward_tokens", &forward_tokens, py::arg("ids"), py::kw_only(), py::arg("lens") = py::none(),
              py::arg("logits") = "all", py::arg("out") = py::none(),
              "Embeds text token ids (B, L) and runs forward(); returns logits as forward() does.")

@@ -67,3 +67,39 @@ def test_frozen_parts_and_nothing_supervised(mm, tmp_path):
     b = model.loss_and_grads([ids2], [None], [labels2], normalizer=6)
     for name in full["grads"]:
         assert rel(a["grads"][name] + b["grads"][name], full["grads"][name]) < 1e-5, name
+
+
+def test_lora_adapters_through_the_visual_chat_model(mm, tmp_path):
+    """loss_and_grads with LoRA adapters: fresh adapters (B = 0) leave the loss and the other
+    gradients unchanged; with B != 0 the adapters' gradients equal directional derivatives of the
+    loss (float32 forward, central differences)."""
+    info = vo.qwen_checkpoint(tmp_path / "ckpt", seed=33)
+    model = mm.VisualChatModel(str(tmp_path / "ckpt"), **vo.load_kwargs(info))
+    imgs = np.random.default_rng(4).standard_normal((1, 3, vo.S, vo.S)).astype(np.float32)
+    ids, labels = [[1, 4, IMG, 21, 22, 23, 2]], [[-100, -100, -100, 21, 22, 23, 2]]
+    base = model.loss_and_grads(ids, [imgs], labels)
+    lora = model.lora_adapters(rank=2, alpha=4.0, targets="qkvo", seed=3)
+    fresh = model.loss_and_grads(ids, [imgs], labels, lora=lora, lora_alpha=4.0)
+    assert fresh["loss"] == base["loss"]
+    np.testing.assert_array_equal(fresh["grads"]["projection.0.weight"], base["grads"]["projection.0.weight"])
+    assert set(fresh["grads"]) == set(base["grads"]) | set(lora)
+    rng = np.random.default_rng(8)
+    for k in lora:
+        if "lora_B" in k:
+            lora[k] = (0.3 * rng.standard_normal(lora[k].shape)).astype(np.float32)
+    got = model.loss_and_grads(ids, [imgs], labels, lora=lora, lora_alpha=4.0)
+    assert got["loss"] != base["loss"]
+    h = 1e-2
+    for name in ["lang_decoder.model.layers.0.self_attn.q_proj.lora_A.weight",
+                 "lang_decoder.model.layers.1.self_attn.o_proj.lora_B.weight"]:
+        u = rng.standard_normal(lora[name].shape).astype(np.float32)
+        plus, minus = dict(lora), dict(lora)
+        plus[name] = (lora[name] + h * u).astype(np.float32)
+        minus[name] = (lora[name] - h * u).astype(np.float32)
+        num = (model.loss_and_grads(ids, [imgs], labels, embedding=False, projector=False, lora=plus, lora_alpha=4.0)["loss"]
+               - model.loss_and_grads(ids, [imgs], labels, embedding=False, projector=False, lora=minus,
+                                      lora_alpha=4.0)["loss"]) / (2 * h)
+        ana = float(np.sum(got["grads"][name].astype(np.float64) * u))
+        assert abs(num - ana) <= 2e-2 * max(abs(ana), 1e-2), (name, num, ana)
+    with pytest.raises(ValueError, match="cross_blocks"):
+        model.loss_and_grads(ids, [imgs], labels, cross_blocks=True)

@@ -11,6 +11,9 @@
 // and back: the decoder's backward gives the gradient of every spliced row; text rows scatter into
 // the embedding gradient, image rows go through the projector's backward. Gradients are ADDED to
 // g (gradient accumulation over micro-batches); a part whose buffers are empty is frozen and skipped.
+// Optional decoder additions (language/train.hpp): the gated cross-attention blocks' parameters
+// (make_visual_chat_grads(..., cross_blocks = true)) and LoRA adapters on q/k/v/o (pass the
+// adapters to visual_chat_loss_and_gradients; their dA/dB land in g.decoder.lora).
 // The loss of a micro-batch is its token mean; for accumulation over micro-batches pass the
 // token count of the whole step as `normalizer`, so the sum of the calls is the step's token mean.
 #pragma once
@@ -34,16 +37,19 @@ struct visual_chat_grads {
     std::vector<float> embed;          ///< (V, H): the token embedding lang_embed
     bool train_projector = true;
     vision::projector_grads projector;  ///< every projector parameter
+    llama_grads decoder;               ///< cross blocks' parameters and LoRA adapters (empty: none)
 };
 
 template <class KV>
-visual_chat_grads make_visual_chat_grads(const visual_chat_model<KV>& m, bool embedding = true, bool projector = true) {
+visual_chat_grads make_visual_chat_grads(const visual_chat_model<KV>& m, bool embedding = true, bool projector = true,
+                                         bool cross_blocks = false, const llama_lora* lora = nullptr) {
     visual_chat_grads g;
     const auto& c = m.language().config();
     if (embedding) g.embed.assign(static_cast<std::size_t>(c.vocab_size * c.hidden_size), 0.0f);
     g.train_projector = projector;
     const auto* tower = dynamic_cast<const encoder_projector_tower*>(&m.tower());
     if (projector && tower) g.projector = vision::make_projector_grads(tower->projector());
+    g.decoder = make_llama_grads(m.language().weights(), lora, cross_blocks);
     return g;
 }
 
@@ -56,10 +62,12 @@ inline std::int64_t supervised_tokens(const std::vector<visual_sample>& samples)
 }
 
 /// Loss of a batch and the gradients of the trainable parts, added to g. normalizer: the divisor of
-/// the loss (0: this batch's supervised token count).
+/// the loss (0: this batch's supervised token count). lora: adapters on the decoder's attention
+/// projections (null: none); their gradients go to g.decoder.lora when it has layers.
 template <class KV>
 loss_result visual_chat_loss_and_gradients(visual_chat_model<KV>& m, const std::vector<visual_sample>& samples,
-                                           visual_chat_grads& g, double normalizer = 0.0, int num_threads = -1) {
+                                           visual_chat_grads& g, double normalizer = 0.0, int num_threads = -1,
+                                           const llama_lora* lora = nullptr) {
     using detail::to_text;
     const char* where = "mmca::visual_chat_loss_and_gradients";
     auto* tower = dynamic_cast<encoder_projector_tower*>(&m.tower());
@@ -144,7 +152,7 @@ loss_result visual_chat_loss_and_gradients(visual_chat_model<KV>& m, const std::
     llama_forward_train(config, m.language().weights(), m.language().options().attention,
                         tensor_ref<const float, 3>(emb.data(), {B, L, H}), tensor_ref<const std::int8_t, 2>(types.data(), {B, L}),
                         tensor_ref<const std::int32_t, 2>(ids.data(), {B, L}), tensor_ref<const std::int32_t, 1>(lens.data(), {B}),
-                        tensor_ref<float, 3>(logits.data(), {B, L, V}), tape, threads);
+                        tensor_ref<float, 3>(logits.data(), {B, L, V}), tape, threads, lora);
     loss_result loss;
     std::int64_t count = 0;
     for (const auto& s : seqs)
@@ -166,7 +174,7 @@ loss_result visual_chat_loss_and_gradients(visual_chat_model<KV>& m, const std::
     std::vector<float> demb(emb.size());
     llama_backward(config, m.language().weights(), m.language().options().attention, tape,
                    tensor_ref<const float, 3>(dlogits.data(), {B, L, V}), tensor_ref<float, 3>(demb.data(), {B, L, H}),
-                   threads);
+                   threads, &g.decoder, lora);
 
     // Text rows into the embedding gradient; image rows into the projector's backward.
     std::vector<float> drows(rows.size(), 0.0f);

@@ -74,6 +74,52 @@ struct cross_attention_scratch {
     swiglu_scratch mlp;
 };
 
+namespace detail {
+
+/// Indices of the stored image tokens that a text row at position j sees under the policy.
+inline void cross_visible(const cross_kv_store::sequence& seq, std::int64_t j, image_visibility visibility,
+                          std::vector<std::int64_t>& visible) {
+    const std::int64_t M = static_cast<std::int64_t>(seq.position.size());
+    std::int32_t latest = -1;
+    std::int64_t latest_pos = -1;
+    for (std::int64_t m = 0; m < M; ++m)
+        if (seq.position[m] < j && seq.position[m] > latest_pos) latest_pos = seq.position[m], latest = seq.image_id[m];
+    visible.clear();
+    for (std::int64_t m = 0; m < M; ++m) {
+        const bool ok = visibility == image_visibility::all
+                            ? true
+                            : visibility == image_visibility::preceding ? seq.position[m] < j
+                                                                         : (seq.position[m] < j && seq.image_id[m] == latest);
+        if (ok) visible.push_back(m);
+    }
+}
+
+/// One head of one text row: p[t] = softmax_t(q·k_t·scale) over the visible tokens (double), and
+/// out (D) += Σ_t p[t]·v_t. off is the kv head's column offset in the stored rows of width Wkv.
+inline void cross_attend_head(const float* qv, const cross_kv_store::sequence& seq, const std::vector<std::int64_t>& visible,
+                              std::int64_t off, std::int64_t D, std::int64_t Wkv, float scale, std::vector<double>& p,
+                              float* outv) {
+    double mx = -std::numeric_limits<double>::infinity();
+    for (std::size_t t = 0; t < visible.size(); ++t) {
+        const float* kv = seq.keys.data() + visible[t] * Wkv + off;
+        double dot = 0.0;
+        for (std::int64_t d = 0; d < D; ++d) dot += static_cast<double>(qv[d]) * kv[d];
+        p[t] = dot * scale;
+        mx = std::max(mx, p[t]);
+    }
+    double sum = 0.0;
+    for (auto& x : p) sum += (x = std::exp(x - mx));
+    for (auto& x : p) x /= sum;
+    if (!outv) return;
+    for (std::size_t t = 0; t < visible.size(); ++t) {
+        const float* vv = seq.values.data() + visible[t] * Wkv + off;
+        const float wgt = static_cast<float>(p[t]);
+        for (std::int64_t d = 0; d < D; ++d) outv[d] += wgt * vv[d];
+    }
+}
+
+}  // namespace detail
+
 /// Runs one block on h (N, H) in place. `inputs` (N, H) are the call's input embeddings (their image
 /// rows become keys/values, appended to `store`). heads/kv_heads/head_dim give the attention shape.
 inline void gated_cross_attention_forward(tensor_ref<float, 2> h, tensor_ref<const float, 2> inputs,
@@ -120,41 +166,13 @@ inline void gated_cross_attention_forward(tensor_ref<float, 2> h, tensor_ref<con
     parallel_for(N, att_threads, [&](std::int64_t n, int) {
         if (!rows.valid[n] || rows.type[n] != 1) return;
         const auto& seq = store.seqs[static_cast<std::size_t>(rows.seq[n])];
-        const std::int64_t M = static_cast<std::int64_t>(seq.position.size()), j = rows.pos[n];
-        std::int32_t latest = -1;
-        std::int64_t latest_pos = -1;
-        for (std::int64_t m = 0; m < M; ++m)
-            if (seq.position[m] < j && seq.position[m] > latest_pos) latest_pos = seq.position[m], latest = seq.image_id[m];
         std::vector<std::int64_t> visible;
-        for (std::int64_t m = 0; m < M; ++m) {
-            const bool ok = visibility == image_visibility::all
-                                ? true
-                                : visibility == image_visibility::preceding ? seq.position[m] < j
-                                                                             : (seq.position[m] < j && seq.image_id[m] == latest);
-            if (ok) visible.push_back(m);
-        }
+        detail::cross_visible(seq, rows.pos[n], visibility, visible);
         if (visible.empty()) return;
         std::vector<double> p(visible.size());
-        for (std::int64_t hq = 0; hq < heads; ++hq) {
-            const float* qv = q.ptr(n) + hq * D;
-            const std::int64_t off = (hq / group) * D;
-            double mx = -std::numeric_limits<double>::infinity();
-            for (std::size_t t = 0; t < visible.size(); ++t) {
-                const float* kv = seq.keys.data() + visible[t] * Wkv + off;
-                double dot = 0.0;
-                for (std::int64_t d = 0; d < D; ++d) dot += static_cast<double>(qv[d]) * kv[d];
-                p[t] = dot * scale;
-                mx = std::max(mx, p[t]);
-            }
-            double sum = 0.0;
-            for (auto& x : p) sum += (x = std::exp(x - mx));
-            float* outv = attn.ptr(n) + hq * D;
-            for (std::size_t t = 0; t < visible.size(); ++t) {
-                const float* vv = seq.values.data() + visible[t] * Wkv + off;
-                const float wgt = static_cast<float>(p[t] / sum);
-                for (std::int64_t d = 0; d < D; ++d) outv[d] += wgt * vv[d];
-            }
-        }
+        for (std::int64_t hq = 0; hq < heads; ++hq)
+            detail::cross_attend_head(q.ptr(n) + hq * D, seq, visible, (hq / group) * D, D, Wkv, scale, p,
+                                      attn.ptr(n) + hq * D);
     });
     linear_forward(attn, w.o, nullptr, proj, num_threads);
     const float ga = std::tanh(w.attn_gate);
