@@ -121,3 +121,8 @@ __all__ += [
 from ._core import synthetic_sample  # noqa: E402
 
 __all__ += ["synthetic_sample"]
+
+# The training loop (docs/training.md, "The trainer") and its data from the blended format.
+from ._core import ConversationData, Trainer  # noqa: E402
+
+__all__ += ["ConversationData", "Trainer"]

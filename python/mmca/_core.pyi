@@ -215,6 +215,26 @@ class LlamaModel:
         out: Optional[NDArray[np.float32]] = None,
     ) -> Optional[NDArray[np.float32]]:
         """Embeds text token ids (B, L) and runs forward()."""
+    def backward(
+        self,
+        embeddings: NDArray[np.float32],
+        token_types: ArrayLike,
+        dlogits: NDArray[np.float32],
+        *,
+        image_ids: Optional[ArrayLike] = None,
+        lens: Optional[ArrayLike] = None,
+        cross_blocks: bool = True,
+        lora: Optional[Dict[str, NDArray[np.float32]]] = None,
+        lora_alpha: Optional[float] = None,
+    ) -> Dict[str, Any]:
+        """The training path (whole sequences, no cache): logits (B, L, V), dembeddings (B, L, H) and
+        grads (gated cross-attention blocks' parameters 'model.cross_blocks.N.*' when cross_blocks,
+        LoRA '...lora_A.weight' / '...lora_B.weight' when lora) for the gradient dlogits."""
+    def lora_adapters(
+        self, *, rank: int = 8, alpha: float = 16.0, targets: str = "qv", seed: int = 0,
+    ) -> Dict[str, NDArray[np.float32]]:
+        """Fresh LoRA adapters on q/k/v/o: 'model.layers.N.self_attn.P_proj.lora_A.weight' (rank, in),
+        uniform on +-1/sqrt(in) from seed, and '...lora_B.weight' (out, rank), zero."""
     def embed(self, ids: ArrayLike) -> NDArray[np.float32]:
         """Token embeddings (..., H) float32 of ids (L,) or (B, L)."""
     def chat(
@@ -629,9 +649,19 @@ class VisualChatModel:
         embedding: bool = True,
         projector: bool = True,
         normalizer: float = 0.0,
+        cross_blocks: bool = False,
+        lora: Optional[Dict[str, NDArray[np.float32]]] = None,
+        lora_alpha: Optional[float] = None,
     ) -> Dict[str, Any]:
         """Loss of a batch and the gradients of the token embedding ('lang_embed.weight') and the
-        projector ('projection.*') through the frozen decoder: loss, count, grads."""
+        projector ('projection.*') through the frozen decoder: loss, count, grads. cross_blocks adds
+        the gated cross-attention blocks' parameters ('lang_decoder.model.cross_blocks.N.*'); lora
+        (with lora_alpha) runs the decoder with adapters and adds their gradients."""
+    def lora_adapters(
+        self, *, rank: int = 8, alpha: float = 16.0, targets: str = "qv", seed: int = 0,
+    ) -> Dict[str, NDArray[np.float32]]:
+        """Fresh LoRA adapters for the decoder ('lang_decoder.model.layers.N.self_attn.P_proj.lora_A.weight'
+        (rank, in) uniform on +-1/sqrt(in), '...lora_B.weight' (out, rank) zero)."""
     def append(self, ids: ArrayLike, images: Optional[NDArray[np.float32]] = None) -> NDArray[np.float32]:
         """Appends a chunk to the cache; the last token's logits (V,)."""
     def chat(
@@ -693,6 +723,10 @@ class _GradModule:
         kind: str = "auto", input_tokens: Optional[int] = None, has_cls: bool = False, heads: int = 0,
         vit_heads: int = 16, vit_act: str = "gelu", vit_eps: float = 1e-5, num_threads: int = 0,
     ) -> Tuple[NDArray[np.float32], NDArray[np.float32], Dict[str, NDArray[np.float32]]]: ...
+    def lora_merge(
+        self, weight: NDArray[Any], lora_a: NDArray[np.float32], lora_b: NDArray[np.float32], *, alpha: float,
+    ) -> NDArray[np.float32]:
+        """W + (alpha / r) * B @ A as a new float32 [out, in] array."""
 
 grad: _GradModule
 
@@ -885,3 +919,102 @@ class ChatSession:
     def rounds(self) -> int: ...
     @property
     def images_shown(self) -> int: ...
+
+# The trainer (bind_trainer.cpp; docs/training.md, "The trainer").
+
+class ConversationData:
+    """Training examples from the blended conversation format (mmca.blend's JSON): one split,
+    tokenized with the SPEC §6 template; images preprocessed (preset's rule at image_size) when an
+    example is built, from image_root/<path> (default: the JSON file's folder)."""
+
+    def __init__(
+        self,
+        path: PathLike,
+        tokenizer: Tokenizer,
+        *,
+        split: str = "train",
+        image_root: Optional[PathLike] = None,
+        image_size: int = 448,
+        preset: str = "visualchat-448",
+        system_prompt: bool = True,
+        numbering: str = "string_level",
+        limit: int = 0,
+    ) -> None: ...
+    def __len__(self) -> int: ...
+    def example(self, index: int) -> Dict[str, Any]:
+        """ids, labels (int32) and images (n, 3, S, S) float32."""
+    def rounds(self, index: int) -> int: ...
+    def image_paths(self, index: int) -> List[str]: ...
+
+TrainingData = Union[ConversationData, Sequence[Dict[str, Any]]]
+
+class Trainer:
+    """Trains a VisualChatModel's projector and token embedding (optionally its gated
+    cross-attention blocks and LoRA adapters on q/k/v/o) with AdamW, warm-up + cosine, clipping and
+    gradient accumulation; save()/load() resume bit for bit. The model then uses the trained
+    float32 copies. data: a ConversationData or a list of dicts {ids, labels, images}."""
+
+    def __init__(
+        self,
+        model: VisualChatModel,
+        data: TrainingData,
+        *,
+        projector: bool = True,
+        embedding: bool = True,
+        cross_blocks: bool = False,
+        lora: Optional[str] = None,
+        lora_rank: int = 8,
+        lora_alpha: float = 16.0,
+        lora_seed: int = 0,
+        lr: float = 1e-3,
+        betas: Tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.1,
+        warmup_steps: Optional[int] = None,
+        min_lr: float = 0.0,
+        max_grad_norm: float = 1.0,
+        micro_batch: int = 1,
+        accumulation: int = 1,
+        loss_averaging: str = "micro_batch_mean",
+        epochs: int = 1,
+        total_steps: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_threads: int = -1,
+        progress: Optional[str] = None,
+        log_every: int = 10,
+    ) -> None: ...
+    def step(self) -> Dict[str, Any]:
+        """One optimizer step: {step, loss, lr, grad_norm, samples, tokens, skipped}."""
+    def run(self, max_steps: int = 0) -> List[Dict[str, Any]]:
+        """Steps until total_steps (at most max_steps more when > 0)."""
+    def evaluate(self, data: Optional[TrainingData] = None, limit: int = 0) -> Dict[str, Any]:
+        """loss, tokens, rounds, correct, accuracy, round_correct, example_rounds (greedy answers)."""
+    def save(self, path: PathLike, config: Optional[Dict[str, str]] = None) -> None: ...
+    def load(self, path: PathLike) -> Dict[str, str]: ...
+    def save_weights(self, path: PathLike, metadata: Optional[Dict[str, str]] = None) -> None: ...
+    def parameter(self, name: str) -> NDArray[np.float32]: ...
+    def exp_avg(self, name: str) -> NDArray[np.float32]: ...
+    def exp_avg_sq(self, name: str) -> NDArray[np.float32]: ...
+    def lr_at(self, step: int) -> float: ...
+    @property
+    def names(self) -> List[str]: ...
+    @property
+    def step_count(self) -> int: ...
+    @property
+    def total_steps(self) -> int: ...
+    @property
+    def steps_per_epoch(self) -> int: ...
+    @property
+    def samples_seen(self) -> int: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def data_position(self) -> int: ...
+    @property
+    def done(self) -> bool: ...
+    @property
+    def epoch_order(self) -> List[int]: ...
+    @property
+    def history(self) -> List[Dict[str, Any]]: ...

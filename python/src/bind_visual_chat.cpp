@@ -5,6 +5,8 @@
 // Calls release the GIL; one call at a time per model (a mutex serialises them).
 #include "array_args.hpp"
 #include "bindings.hpp"
+#include "lora_args.hpp"
+#include "visual_chat_object.hpp"
 
 #include "mmca/chat/session.hpp"
 #include "mmca/model/visual_chat_loader.hpp"
@@ -26,29 +28,8 @@ namespace mmca::python {
 
 namespace {
 
-/// A visual-chat model of a runtime-chosen KV cache dtype.
-class visual_chat_object {
-public:
-    template <class KV>
-    explicit visual_chat_object(std::unique_ptr<mmca::visual_chat_model<KV>> m) : model_(std::move(m)) {}
+// visual_chat_object: visual_chat_object.hpp (shared with mmca.Trainer).
 
-    template <class F>
-    decltype(auto) visit(F&& f) {
-        return std::visit([&](auto& m) -> decltype(auto) { return f(*m); }, model_);
-    }
-    template <class F>
-    decltype(auto) locked(F&& f) {
-        std::lock_guard<std::mutex> lock(mutex_);
-        return visit(std::forward<F>(f));
-    }
-    std::mutex& mutex() { return mutex_; }
-
-private:
-    std::variant<std::unique_ptr<mmca::visual_chat_model<float>>, std::unique_ptr<mmca::visual_chat_model<mmca::float16>>,
-                 std::unique_ptr<mmca::visual_chat_model<mmca::bfloat16>>>
-        model_;
-    std::mutex mutex_;
-};
 
 mmca::dtype kv_dtype_of(const char* where, const std::string& s) {
     if (s == "float32") return mmca::dtype::float32;
@@ -206,21 +187,32 @@ py::dict forward(visual_chat_object& self, py::list ids, py::object images, py::
 }
 
 py::dict loss_and_grads(visual_chat_object& self, py::list ids, py::object images, py::object labels, bool embedding,
-                        bool projector, double normalizer) {
+                        bool projector, double normalizer, bool cross_blocks, py::object lora_obj, py::object lora_alpha) {
     const char* where = "mmca.VisualChatModel.loss_and_grads";
     std::vector<py::array> keep;
     const auto samples = samples_of(where, ids, images, labels, keep);
     if (normalizer < 0.0) raise_value_error(where, "normalizer", std::to_string(normalizer), "a count >= 0 (0: this batch's)");
     py::dict grads;
     mmca::loss_result r;
+    const auto names = mmca::io::visual_chat_names();
     self.visit([&](auto& m) {
-        mmca::visual_chat_grads g = mmca::make_visual_chat_grads(m, embedding, projector);
+        const auto& c = m.language().config();
+        if (cross_blocks && c.num_cross_blocks() == 0)
+            raise_value_error(where, "cross_blocks", "True", "False for a decoder without gated cross-attention blocks");
+        std::optional<mmca::llama_lora> lora;
+        if (!lora_obj.is_none()) lora = lora_from_dict(where, lora_obj, lora_alpha, c, names.layer_prefix);
+        mmca::visual_chat_grads g =
+            mmca::make_visual_chat_grads(m, embedding, projector, cross_blocks, lora ? &*lora : nullptr);
         {
             py::gil_scoped_release release;
             std::lock_guard<std::mutex> lock(self.mutex());
-            r = mmca::visual_chat_loss_and_gradients(m, samples, g, normalizer);
+            r = mmca::visual_chat_loss_and_gradients(m, samples, g, normalizer, -1, lora ? &*lora : nullptr);
         }
-        const auto& c = m.language().config();
+        if (lora) {
+            const py::dict d = lora_to_dict(g.decoder.lora, names.layer_prefix);
+            for (auto item : d) grads[item.first] = item.second;
+        }
+        cross_grads_to_dict(grads, g.decoder.cross_blocks, m.language().weights(), names.cross_prefix);
         if (!g.embed.empty()) {
             py::array_t<float> e({static_cast<py::ssize_t>(c.vocab_size), static_cast<py::ssize_t>(c.hidden_size)});
             std::copy(g.embed.begin(), g.embed.end(), e.mutable_data());
@@ -445,12 +437,27 @@ logits (B, L, V) float32 over the spliced sequences (L the longest), loss (mean 
 cross-entropy; 0.0 when nothing is supervised), count, lengths, token_types, image_ids, labels.)doc")
         .def("loss_and_grads", &loss_and_grads, py::arg("ids"), py::arg("images") = py::none(),
              py::arg("labels") = py::none(), py::kw_only(), py::arg("embedding") = true, py::arg("projector") = true,
-             py::arg("normalizer") = 0.0,
+             py::arg("normalizer") = 0.0, py::arg("cross_blocks") = false, py::arg("lora") = py::none(),
+             py::arg("lora_alpha") = py::none(),
              R"doc(Loss of a batch (same arguments as forward) and the gradients of the trainable parts: the token
 embedding ('lang_embed.weight', when embedding) and every projector parameter ('projection.*', when
 projector). The encoder and the decoder are frozen; gradients flow through the decoder to its input
-rows. normalizer: the loss divisor (0: this batch's supervised token count). Returns a dict: loss,
+rows. normalizer: the loss divisor (0: this batch's supervised token count). cross_blocks: also the
+gradients of the gated cross-attention blocks' parameters ('lang_decoder.model.cross_blocks.N.*').
+lora: LoRA adapters on the decoder's q/k/v/o (a dict as lora_adapters() returns, with lora_alpha);
+the loss is the adapted model's and the dict's names get their gradients. Returns a dict: loss,
 count, grads (name -> float32 array).)doc")
+        .def("lora_adapters",
+             [](visual_chat_object& self, std::int64_t rank, double alpha, const std::string& targets, std::uint64_t seed) {
+                 return self.visit([&](auto& m) {
+                     return new_lora_dict("mmca.VisualChatModel.lora_adapters", m.language().config(), rank, alpha,
+                                          targets, seed, mmca::io::visual_chat_names().layer_prefix);
+                 });
+             },
+             py::kw_only(), py::arg("rank") = 8, py::arg("alpha") = 16.0, py::arg("targets") = "qv", py::arg("seed") = 0,
+             R"doc(Fresh LoRA adapters for the decoder's attention projections (targets: letters of 'qkvo' or 'all'):
+a dict '...layers.N.self_attn.P_proj.lora_A.weight' (rank, in) uniform on +-1/sqrt(in) from seed,
+'...lora_B.weight' (out, rank) zero. Pass them with lora_alpha=alpha to loss_and_grads.)doc")
         .def("append", &append, py::arg("ids"), py::arg("images") = py::none(),
              "Appends ids (with placeholders) and their images to the cache; returns the last token's logits (V,).")
         .def("chat", &chat_round, py::arg("ids"), py::arg("images") = py::none(), py::kw_only(),

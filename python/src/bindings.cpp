@@ -48,4 +48,5 @@ PYBIND11_MODULE(_core, m) {
     mmca::python::register_vision(m);
     mmca::python::register_grad(m);
     mmca::python::register_train(m);
+    mmca::python::register_trainer(m);
 }

@@ -40,5 +40,7 @@ void register_train(pybind11::module_& m);
 
 /// mmca.synthetic_sample (bind_data.cpp).
 void register_data(pybind11::module_& m);
+/// mmca.Trainer, mmca.ConversationData (bind_trainer.cpp).
+void register_trainer(pybind11::module_& m);
 
 }  // namespace mmca::python

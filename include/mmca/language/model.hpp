@@ -86,6 +86,9 @@ public:
 
     const llama_config& config() const { return config_; }
     const llama_weights& weights() const { return weights_; }
+    /// The weights for a trainer that points trainable tensors at its own float32 copies (the
+    /// shapes and dtypes it sets must stay those the model was checked with).
+    llama_weights& mutable_weights() { return weights_; }
     const llama_model_options& options() const { return options_; }
     std::int64_t batch() const { return options_.batch; }
     std::int64_t context() const { return options_.context; }

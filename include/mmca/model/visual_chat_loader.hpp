@@ -50,6 +50,7 @@ public:
 
     vision_encoder_kind encoder_kind() const { return qwen_ ? vision_encoder_kind::qwen_vit : vision_encoder_kind::clip_vit; }
     const vision::projector& projector() const { return projector_; }
+    vision::projector& mutable_projector() { return projector_; }
     const std::optional<vision::qwen_vit>& qwen() const { return qwen_; }
     const std::optional<vision::clip_vit>& clip() const { return clip_; }
     vision::clip_output clip_layer() const { return clip_layer_; }

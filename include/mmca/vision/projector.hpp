@@ -159,6 +159,8 @@ public:
 
     const projector_config& config() const { return config_; }
     const projector_weights& weights() const { return weights_; }
+    /// The weights for a trainer that points trainable tensors at its own float32 copies (same shapes).
+    projector_weights& mutable_weights() { return weights_; }
     projector_kind kind() const { return config_.kind; }
 
     /// Tokens out per image for input_tokens in (the perceiver accepts only config().input_tokens).

@@ -1,0 +1,229 @@
+"""mmca.Trainer and mmca.ConversationData (docs/training.md, "The trainer"): a run stopped after a
+few steps and resumed from its state file equals the uninterrupted run bit for bit; the blended
+conversation format is read, tokenized and its images preprocessed; bad arguments are named."""
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import zlib
+
+import numpy as np
+import pytest
+
+import mmca
+from test_llama_bindings import write_safetensors
+
+S, H, V, IMG = 56, 32, 61, 60
+CFG = dict(vocab_size=V, hidden_size=H, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
+           num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, hidden_act="silu",
+           bos_token_id=1, eos_token_id=2, cross_attention_every=1, cross_attention_intermediate=12)
+
+
+def checkpoint(folder, vocab=V, seed=0):
+    """A small QWen ViT (4 queries of width 16), a baseline projector and a LLaMa with cross blocks,
+    under the reference names."""
+    rng = np.random.default_rng(seed)
+    t = {}
+
+    def rnd(name, shape, s, mean=0.0):
+        t[name] = (mean + s * rng.standard_normal(shape)).astype(np.float32)
+
+    W, E, M, P = 32, 16, 48, 14
+    p = "vis_encoder."
+    rnd(p + "conv1.weight", (W, 3, P, P), 0.05)
+    rnd(p + "positional_embedding", (9, W), 0.5)
+    for n, d in [("ln_pre", W), ("attn_pool.ln_q", E), ("attn_pool.ln_kv", E), ("ln_post", E)]:
+        rnd(p + n + ".weight", (d,), 0.2, 1.0), rnd(p + n + ".bias", (d,), 0.1)
+    for l in range(2):
+        b = f"{p}transformer.resblocks.{l}."
+        for n in ("ln_1", "ln_2"):
+            rnd(b + n + ".weight", (W,), 0.2, 1.0), rnd(b + n + ".bias", (W,), 0.1)
+        rnd(b + "attn.in_proj.weight", (3 * W, W), 0.1), rnd(b + "attn.in_proj.bias", (3 * W,), 0.1)
+        rnd(b + "attn.out_proj.weight", (W, W), 0.1), rnd(b + "attn.out_proj.bias", (W,), 0.1)
+        rnd(b + "mlp.c_fc.weight", (M, W), 0.1), rnd(b + "mlp.c_fc.bias", (M,), 0.1)
+        rnd(b + "mlp.c_proj.weight", (W, M), 0.1), rnd(b + "mlp.c_proj.bias", (W,), 0.1)
+    rnd(p + "attn_pool.query", (4, E), 0.5)
+    rnd(p + "attn_pool.kv_proj.weight", (E, W), 0.1)
+    rnd(p + "attn_pool.attn.in_proj_weight", (3 * E, E), 0.1), rnd(p + "attn_pool.attn.in_proj_bias", (3 * E,), 0.1)
+    rnd(p + "attn_pool.attn.out_proj.weight", (E, E), 0.1), rnd(p + "attn_pool.attn.out_proj.bias", (E,), 0.1)
+    rnd("projection.0.weight", (H, E), 0.2), rnd("projection.0.bias", (H,), 0.1)
+    rnd("projection.1.weight", (H,), 0.1, 1.0), rnd("projection.1.bias", (H,), 0.1)
+    d = "lang_decoder.model."
+    rnd("lang_embed.weight", (vocab, H), 1.0)
+    t[d + "embed_tokens.weight"] = t["lang_embed.weight"].copy()
+    rnd(d + "norm.weight", (H,), 0.1, 1.0)
+    rnd("lang_decoder.lm_head.weight", (vocab, H), 0.1)
+    for l in range(2):
+        q = f"{d}layers.{l}."
+        rnd(q + "input_layernorm.weight", (H,), 0.1, 1.0), rnd(q + "post_attention_layernorm.weight", (H,), 0.1, 1.0)
+        rnd(q + "self_attn.q_proj.weight", (H, H), 0.2), rnd(q + "self_attn.k_proj.weight", (16, H), 0.2)
+        rnd(q + "self_attn.v_proj.weight", (16, H), 0.1), rnd(q + "self_attn.o_proj.weight", (H, H), 0.1)
+        rnd(q + "mlp.gate_proj.weight", (40, H), 0.1), rnd(q + "mlp.up_proj.weight", (40, H), 0.1)
+        rnd(q + "mlp.down_proj.weight", (H, 40), 0.1)
+        c = f"{d}cross_blocks.{l}."
+        rnd(c + "attn_norm.weight", (H,), 0.1, 1.0), rnd(c + "mlp_norm.weight", (H,), 0.1, 1.0)
+        rnd(c + "q_proj.weight", (H, H), 0.2), rnd(c + "k_proj.weight", (16, H), 0.2)
+        rnd(c + "v_proj.weight", (16, H), 0.1), rnd(c + "o_proj.weight", (H, H), 0.1)
+        rnd(c + "mlp.gate_proj.weight", (12, H), 0.1), rnd(c + "mlp.up_proj.weight", (12, H), 0.1)
+        rnd(c + "mlp.down_proj.weight", (H, 12), 0.1)
+        t[c + "attn_gate"] = np.array([0.0], np.float32)
+        t[c + "mlp_gate"] = np.array([0.0], np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_safetensors(folder / "model.safetensors", t)
+    (folder / "config.json").write_text(json.dumps(dict(CFG, vocab_size=vocab)))
+    return str(folder)
+
+
+def model(path, image_token=IMG, variant="mmca"):
+    return mmca.VisualChatModel(path, variant=variant, batch=2, image_size=S, vision_heads=4, pool_heads=2,
+                                image_token_id=image_token, num_threads=1)
+
+
+def examples(n=7, seed=3):
+    g = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        k = i % 3
+        ids = [1, int(g.integers(3, 50))]
+        for _ in range(k):
+            ids += [IMG, int(g.integers(3, 50))]
+        prompt = len(ids)
+        ids += [51 + (i + j) % 8 for j in range(3)] + [2]
+        labels = [-100] * prompt + ids[prompt:]
+        out.append({"ids": ids, "labels": labels,
+                    "images": g.standard_normal((k, 3, S, S)).astype(np.float32) if k else None})
+    return out
+
+
+OPTS = dict(lr=2e-2, micro_batch=2, accumulation=2, total_steps=6, max_grad_norm=0.5, seed=9, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return checkpoint(tmp_path_factory.mktemp("trainer") / "ckpt")
+
+
+@pytest.mark.parametrize("extra", [{}, {"cross_blocks": True, "lora": "qv", "lora_rank": 2,
+                                        "loss_averaging": "token_mean"}])
+def test_resume_is_bit_exact(ckpt, tmp_path, extra):
+    data = examples()
+    full = mmca.Trainer(model(ckpt), data, **OPTS, **extra)
+    losses = [r["loss"] for r in full.run()]
+    assert len(losses) == 6 and full.done and full.samples_seen == 24 and full.epoch == 5
+
+    first = mmca.Trainer(model(ckpt), data, **OPTS, **extra)
+    part = [r["loss"] for r in first.run(max_steps=2)]
+    first.save(tmp_path / "state.safetensors", config={"note": "half"})
+    resumed = mmca.Trainer(model(ckpt), data, **OPTS, **extra)
+    assert resumed.load(tmp_path / "state.safetensors")["note"] == "half"
+    assert resumed.step_count == 2
+    part += [r["loss"] for r in resumed.run()]
+    assert part == losses  # exact float equality
+    assert resumed.names == full.names
+    for name in full.names:
+        for f in ("parameter", "exp_avg", "exp_avg_sq"):
+            a, b = getattr(full, f)(name), getattr(resumed, f)(name)
+            assert a.tobytes() == b.tobytes(), (f, name)
+    assert resumed.epoch_order == full.epoch_order and resumed.data_position == full.data_position
+    if extra:
+        assert "lang_decoder.model.cross_blocks.0.attn_gate" in full.names
+        assert "lang_decoder.model.layers.1.self_attn.q_proj.lora_A.weight" in full.names
+
+
+def test_training_lowers_the_loss_and_the_model_uses_the_trained_copies(ckpt, tmp_path):
+    data = examples()
+    m = model(ckpt)
+    t = mmca.Trainer(m, data, **dict(OPTS, total_steps=12, max_grad_norm=1.0))
+    assert t.names == ["lang_embed.weight", "projection.0.weight", "projection.0.bias", "projection.1.weight",
+                       "projection.1.bias"]
+    before = t.evaluate()
+    assert before["rounds"] == 7 and before["tokens"] == 28 and len(before["round_correct"]) == 7
+    hist = t.run()
+    assert [h["step"] for h in hist] == list(range(1, 13))
+    assert hist[-1]["lr"] == t.lr_at(11) and hist[0]["lr"] == 0.0  # warm-up starts at 0
+    after = t.evaluate()
+    assert after["loss"] < before["loss"]
+    # The model's own forward uses the trained embedding and projector.
+    out = m.forward([data[1]["ids"]], [data[1]["images"]], labels=[data[1]["labels"]])
+    assert abs(out["loss"] - mmca.Trainer(m, data, **OPTS).evaluate(data[1:2])["loss"]) < 1e-6
+    t.save_weights(tmp_path / "w.safetensors")
+    f = mmca.SafetensorsFile(str(tmp_path / "w.safetensors"))
+    np.testing.assert_array_equal(f.tensor("projection.0.weight"), t.parameter("projection.0.weight"))
+
+
+def test_errors(ckpt, tmp_path):
+    data = examples()
+    with pytest.raises(ValueError, match="loss_averaging"):
+        mmca.Trainer(model(ckpt), data, loss_averaging="sum")
+    with pytest.raises(ValueError, match="micro_batch"):
+        mmca.Trainer(model(ckpt), data, micro_batch=0)
+    with pytest.raises(ValueError, match="dataset_size"):
+        mmca.Trainer(model(ckpt), data[:3], micro_batch=2, accumulation=2)
+    with pytest.raises(TypeError, match="data"):
+        mmca.Trainer(model(ckpt), "data.json")
+    with pytest.raises(TypeError, match="model"):
+        mmca.Trainer("model", data)
+    t = mmca.Trainer(model(ckpt), data, **OPTS)
+    t.save(tmp_path / "s.safetensors")
+    u = mmca.Trainer(model(ckpt), data, **dict(OPTS, micro_batch=1))
+    with pytest.raises(ValueError, match="config.micro_batch = '2'"):
+        u.load(tmp_path / "s.safetensors")
+    with pytest.raises(ValueError, match="parameter"):
+        t.parameter("nope")
+
+
+def png(path, pixels):
+    """An 8-bit RGB PNG (filter 0 on every row)."""
+    h, w, _ = pixels.shape
+    raw = b"".join(b"\x00" + pixels[y].tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.skipif(shutil.which("spm_train") is None, reason="spm_train (Debian package 'sentencepiece') is missing")
+def test_conversation_data_from_the_blended_format(tmp_path):
+    words = "what colour is the shape in image red blue green how many shapes are one two ### Question Answer".split()
+    g = np.random.default_rng(1)
+    (tmp_path / "corpus.txt").write_text("\n".join(" ".join(g.choice(words, 8)) for _ in range(500)) + "\n")
+    subprocess.run(["spm_train", f"--input={tmp_path / 'corpus.txt'}", f"--model_prefix={tmp_path / 'tok'}",
+                    "--model_type=bpe", "--vocab_size=300", "--byte_fallback=true", "--bos_id=1", "--eos_id=2",
+                    "--unk_id=0", "--pad_id=-1", "--character_coverage=1.0", "--minloglevel=2"],
+                   check=True, capture_output=True)
+    tok = mmca.Tokenizer(str(tmp_path / "tok.model"))
+    (tmp_path / "img").mkdir()
+    for i in range(3):
+        png(tmp_path / "img" / f"{i}.png", g.integers(0, 256, (S, S, 3), dtype=np.uint8))
+    rounds = [{"question": "What colour is the shape in image 1?", "answer": "red", "images": 1},
+              {"question": "How many shapes are in image 2?", "answer": "two", "images": 1}]
+    blend = {"format": "mmca-blend", "version": 1,
+             "train": [{"id": "a", "images": ["img/0.png", "img/1.png"], "rounds": rounds},
+                       {"id": "b", "images": ["img/2.png"], "rounds": rounds[:1]}],
+             "eval": [{"id": "c", "images": ["img/1.png"], "rounds": rounds[:1]}]}
+    (tmp_path / "blend.json").write_text(json.dumps(blend))
+    data = mmca.ConversationData(tmp_path / "blend.json", tok, image_size=S)
+    assert len(data) == 2 and data.rounds(0) == 2 and data.image_paths(1) == ["img/2.png"]
+    want = mmca.tokenize_conversation(tok, rounds)
+    e = data.example(0)
+    np.testing.assert_array_equal(e["ids"], want["input_ids"])
+    np.testing.assert_array_equal(e["labels"], want["labels"])
+    pix = mmca.preprocess_image(str(tmp_path / "img" / "1.png"), "visualchat-448", size=S, crop=S)
+    assert e["images"].shape == (2, 3, S, S) and e["images"].dtype == np.float32
+    np.testing.assert_array_equal(e["images"][1], pix)
+    ev = mmca.ConversationData(tmp_path / "blend.json", tok, split="eval", image_size=S, system_prompt=False)
+    assert len(ev) == 1
+    # A trainer reads it (the checkpoint's vocabulary covers the tokenizer's).
+    path = checkpoint(tmp_path / "ck", vocab=tok.vocab_size)
+    t = mmca.Trainer(model(path, image_token=tok.image_id), data, total_steps=2)
+    assert [r["step"] for r in t.run()] == [1, 2]
+    assert t.evaluate(ev)["rounds"] == 1
+    with pytest.raises(ValueError, match="split"):
+        mmca.ConversationData(tmp_path / "blend.json", tok, split="test")
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ValueError, match="mmca-blend"):
+        mmca.ConversationData(tmp_path / "bad.json", tok)
