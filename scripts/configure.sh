@@ -19,5 +19,11 @@ fi
 if [[ -x "${ROOT}/.venv/bin/python" ]]; then
   args+=("-DPython_EXECUTABLE=${ROOT}/.venv/bin/python")
 fi
+# Without a visible GPU the CUDA code (when nvcc is present) is compiled once, for sm_80, the oldest
+# target: every kernel is still compiled and checked, at half the time of the default "80;90".
+# An explicit -DCMAKE_CUDA_ARCHITECTURES=... among the extra arguments wins.
+if [[ " $* " != *"CMAKE_CUDA_ARCHITECTURES"* ]] && ! nvidia-smi -L >/dev/null 2>&1; then
+  args+=(-DCMAKE_CUDA_ARCHITECTURES=80)
+fi
 echo "[configure] cmake ${args[*]} $*"
 cmake "${args[@]}" "$@"

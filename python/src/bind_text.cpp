@@ -7,6 +7,7 @@
 // its progress callback runs with the GIL held, and an exception raised there aborts the blend
 // (leaving no output file) and propagates.
 #include "array_args.hpp"
+#include "text_args.hpp"
 
 #include "mmca/data/blend.hpp"
 #include "mmca/text/conversation.hpp"
@@ -76,12 +77,7 @@ mmca::text::conversation_options parse_conversation_options(const char* where, b
                                                             const std::string& numbering, std::int32_t first_image_number) {
     mmca::text::conversation_options o;
     o.system_prompt = system_prompt;
-    if (numbering == "string_level")
-        o.numbering = mmca::text::image_numbering::string_level;
-    else if (numbering == "token_level")
-        o.numbering = mmca::text::image_numbering::token_level;
-    else
-        raise_value_error(where, "numbering", "'" + numbering + "'", "'string_level' or 'token_level'");
+    o.numbering = parse_image_numbering(where, numbering);
     if (first_image_number < 0)
         raise_value_error(where, "first_image_number", std::to_string(first_image_number), "a number >= 0");
     o.first_image_number = first_image_number;

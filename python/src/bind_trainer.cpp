@@ -6,6 +6,7 @@
 // a list of examples {ids, labels, images}. Steps and evaluations release the GIL and hold the
 // model's lock.
 #include "array_args.hpp"
+#include "text_args.hpp"
 #include "bindings.hpp"
 #include "visual_chat_object.hpp"
 
@@ -220,12 +221,7 @@ std::shared_ptr<conversation_data> make_conversation_data(py::object path, const
     o.image_size = image_size;
     o.image = rethrow_as(where, [&] { return mmca::vision::image_preset(preset); });
     o.conversation.system_prompt = system_prompt;
-    if (numbering == "string_level")
-        o.conversation.numbering = mmca::text::image_numbering::string_level;
-    else if (numbering == "token_level")
-        o.conversation.numbering = mmca::text::image_numbering::token_level;
-    else
-        raise_value_error(where, "numbering", "'" + numbering + "'", "'string_level' or 'token_level'");
+    o.conversation.numbering = parse_image_numbering(where, numbering);
     o.limit = limit;
     const std::string p = fs_path(path);
     py::gil_scoped_release release;

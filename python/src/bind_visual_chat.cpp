@@ -4,6 +4,7 @@
 // mmca.preprocess_image) and are read in place; token ids and labels are small integer sequences.
 // Calls release the GIL; one call at a time per model (a mutex serialises them).
 #include "array_args.hpp"
+#include "text_args.hpp"
 #include "bindings.hpp"
 #include "lora_args.hpp"
 #include "visual_chat_object.hpp"
@@ -308,12 +309,7 @@ std::unique_ptr<chat_session_object> make_session(py::object model, py::object t
         raise_type_error(where, "tokenizer", python_type_text(tok), "an mmca.Tokenizer");
     mmca::chat_session_options o;
     o.conversation.system_prompt = system_prompt;
-    if (numbering == "string_level")
-        o.conversation.numbering = mmca::text::image_numbering::string_level;
-    else if (numbering == "token_level")
-        o.conversation.numbering = mmca::text::image_numbering::token_level;
-    else
-        raise_value_error(where, "numbering", "'" + numbering + "'", "'string_level' or 'token_level'");
+    o.conversation.numbering = parse_image_numbering(where, numbering);
     o.image = rethrow_as(where, [&] { return mmca::vision::image_preset(preset); });
     // A model whose encoder takes another image size gets the preset's resize rule at that size.
     const std::int64_t S = model.cast<visual_chat_object&>().visit([](auto& m) { return m.tower().image_size(); });

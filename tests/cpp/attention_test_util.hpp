@@ -363,6 +363,29 @@ struct spec_group {
     std::vector<std::size_t> keys;
 };
 
+/// Sequence b of a token layout as the SPEC oracles read it: its key and query counts, token types
+/// and image ids (explicit, or the index of each maximal run of image tokens).
+struct sequence_keys {
+    std::size_t kv_len = 0, q_len = 0;
+    std::vector<std::int8_t> types;
+    std::vector<std::int32_t> ids;
+};
+
+inline sequence_keys keys_of_sequence(const owned_tokens& tokens, std::size_t b, std::size_t Lk, std::size_t Lq) {
+    sequence_keys s;
+    s.kv_len = tokens.with_kv_lens ? static_cast<std::size_t>(tokens.kv_lens(b)) : Lk;
+    s.q_len = tokens.with_q_lens ? static_cast<std::size_t>(tokens.q_lens(b)) : Lq;
+    s.types.resize(s.kv_len);
+    s.ids.assign(s.kv_len, -1);
+    std::int32_t run = -1;
+    for (std::size_t x = 0; x < s.kv_len; ++x) {
+        s.types[x] = tokens.types(b, x);
+        if (s.types[x] == I && (x == 0 || s.types[x - 1] != I)) ++run;
+        if (s.types[x] == I) s.ids[x] = tokens.with_ids ? tokens.image_ids(b, x) : run;
+    }
+    return s;
+}
+
 /// The groups of the row at position j of a sequence of `length` valid tokens (SPEC §2.1-2.4).
 inline std::vector<spec_group> spec_row_groups(const variant_spec& v, const std::int8_t* types, const std::int32_t* ids,
                                                std::size_t length, std::size_t j, bool& self_term) {
@@ -438,16 +461,10 @@ tensor4 spec_oracle(const tensor4& q, const tensor4& k, const tensor4& v, const 
     tensor4 out(q.shape());
     out.fill(0.0f);
     for (std::size_t b = 0; b < B; ++b) {
-        const std::size_t kvl = tokens.with_kv_lens ? static_cast<std::size_t>(tokens.kv_lens(b)) : Lk;
-        const std::size_t ql = tokens.with_q_lens ? static_cast<std::size_t>(tokens.q_lens(b)) : Lq;
-        std::vector<std::int8_t> types(kvl);
-        std::vector<std::int32_t> ids(kvl, -1);
-        std::int32_t run = -1;
-        for (std::size_t x = 0; x < kvl; ++x) {
-            types[x] = tokens.types(b, x);
-            if (types[x] == I && (x == 0 || types[x - 1] != I)) ++run;
-            if (types[x] == I) ids[x] = tokens.with_ids ? tokens.image_ids(b, x) : run;
-        }
+        const sequence_keys seq = keys_of_sequence(tokens, b, Lk, Lq);
+        const std::size_t kvl = seq.kv_len, ql = seq.q_len;
+        const std::vector<std::int8_t>& types = seq.types;
+        const std::vector<std::int32_t>& ids = seq.ids;
         for (std::size_t i = 0; i < ql; ++i) {
             const std::size_t j = kvl - ql + i;
             bool self_term = false;

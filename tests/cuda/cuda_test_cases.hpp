@@ -119,16 +119,10 @@ tensor4 plain_low_precision(const tensor4& q, const tensor4& k, const tensor4& v
     tensor4 out(q.shape());
     out.fill(0.0f);
     for (std::size_t b = 0; b < B; ++b) {
-        const std::size_t kvl = tokens.with_kv_lens ? static_cast<std::size_t>(tokens.kv_lens(b)) : Lk;
-        const std::size_t ql = tokens.with_q_lens ? static_cast<std::size_t>(tokens.q_lens(b)) : Lq;
-        std::vector<std::int8_t> types(kvl);
-        std::vector<std::int32_t> ids(kvl, -1);
-        std::int32_t run = -1;
-        for (std::size_t x = 0; x < kvl; ++x) {
-            types[x] = tokens.types(b, x);
-            if (types[x] == mmca_test::I && (x == 0 || types[x - 1] != mmca_test::I)) ++run;
-            if (types[x] == mmca_test::I) ids[x] = tokens.with_ids ? tokens.image_ids(b, x) : run;
-        }
+        const mmca_test::sequence_keys seq = mmca_test::keys_of_sequence(tokens, b, Lk, Lq);
+        const std::size_t kvl = seq.kv_len, ql = seq.q_len;
+        const std::vector<std::int8_t>& types = seq.types;
+        const std::vector<std::int32_t>& ids = seq.ids;
         for (std::size_t i = 0; i < ql; ++i) {
             const std::size_t j = kvl - ql + i;
             bool self_term = false;

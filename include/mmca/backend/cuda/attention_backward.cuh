@@ -187,23 +187,8 @@ public:
             params_.dk_stride[d] = a.dk.strides[d];
             params_.dv_stride[d] = a.dv.strides[d];
         }
-        f.batch = static_cast<std::int32_t>(problem.batch);
-        f.q_heads = static_cast<std::int32_t>(problem.q_heads);
-        f.kv_heads = static_cast<std::int32_t>(problem.kv_heads);
-        f.group = static_cast<std::int32_t>(problem.group_size());
-        f.q_len = static_cast<std::int32_t>(problem.q_len);
-        f.kv_len = static_cast<std::int32_t>(problem.kv_len);
-        f.head_dim = static_cast<std::int32_t>(problem.head_dim);
-        f.scale_log2 = problem.scale * 1.4426950408889634f;
-        f.rows = rows_.as<device_row_plan>();
-        f.num_rows = static_cast<std::int32_t>(plan_.rows.size());
-        f.fills = fills_.as<device_fill_row>();
-        f.num_fills = static_cast<std::int32_t>(plan_.fills.size());
-        f.tiles = tiles_.as<device_tile>();
-        f.num_tiles = static_cast<std::int32_t>(plan_.tiles.size());
-        f.key_codes = codes_.as<std::int32_t>();
-        f.type_prefix = prefix_.as<std::int32_t>();
-        f.seq_kv_len = seq_len_.as<std::int32_t>();
+        detail::set_problem_params(f, problem);
+        detail::set_plan_params(f, plan_, rows_, fills_, tiles_, codes_, prefix_, seq_len_);
         params_.row_max = a.stats.row_max.data;
         params_.row_sum = a.stats.row_sum.data;
         params_.group_out = a.stats.group_out.data;

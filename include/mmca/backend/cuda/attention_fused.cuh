@@ -180,6 +180,35 @@ void fill_tensor_params(attention_params<D>& params, const attention_arguments<T
     }
 }
 
+/// The sizes of a checked problem in the kernel arguments.
+template <class D>
+void set_problem_params(attention_params<D>& params, const attention_problem& problem) {
+    params.batch = static_cast<std::int32_t>(problem.batch);
+    params.q_heads = static_cast<std::int32_t>(problem.q_heads);
+    params.kv_heads = static_cast<std::int32_t>(problem.kv_heads);
+    params.group = static_cast<std::int32_t>(problem.group_size());
+    params.q_len = static_cast<std::int32_t>(problem.q_len);
+    params.kv_len = static_cast<std::int32_t>(problem.kv_len);
+    params.head_dim = static_cast<std::int32_t>(problem.head_dim);
+    params.scale_log2 = problem.scale * 1.4426950408889634f;
+}
+
+/// The device copies of a plan's arrays (uploaded by the caller) in the kernel arguments.
+template <class D>
+void set_plan_params(attention_params<D>& params, const attention_plan& plan, const device_buffer& rows,
+                     const device_buffer& fills, const device_buffer& tiles, const device_buffer& key_codes,
+                     const device_buffer& prefix, const device_buffer& seq_len) {
+    params.rows = rows.as<device_row_plan>();
+    params.num_rows = static_cast<std::int32_t>(plan.rows.size());
+    params.fills = fills.as<device_fill_row>();
+    params.num_fills = static_cast<std::int32_t>(plan.fills.size());
+    params.tiles = tiles.as<device_tile>();
+    params.num_tiles = static_cast<std::int32_t>(plan.tiles.size());
+    params.key_codes = key_codes.as<std::int32_t>();
+    params.type_prefix = prefix.as<std::int32_t>();
+    params.seq_kv_len = seq_len.as<std::int32_t>();
+}
+
 }  // namespace detail
 
 /// The fused CUDA attention as an operator: plan once (initialize), launch many times (run).
@@ -225,14 +254,7 @@ public:
 
         params_ = {};
         detail::fill_tensor_params(params_, args);
-        params_.batch = static_cast<std::int32_t>(problem.batch);
-        params_.q_heads = static_cast<std::int32_t>(problem.q_heads);
-        params_.kv_heads = static_cast<std::int32_t>(problem.kv_heads);
-        params_.group = static_cast<std::int32_t>(problem.group_size());
-        params_.q_len = static_cast<std::int32_t>(problem.q_len);
-        params_.kv_len = static_cast<std::int32_t>(problem.kv_len);
-        params_.head_dim = static_cast<std::int32_t>(problem.head_dim);
-        params_.scale_log2 = problem.scale * 1.4426950408889634f;
+        detail::set_problem_params(params_, problem);
 
         const bool ordered = stream_ordered_buffers;
         upload(rows_, plan_.rows, stream, ordered);
@@ -241,15 +263,7 @@ public:
         upload(prefix_, plan_.type_prefix, stream, ordered);
         upload(seq_len_, plan_.seq_kv_len, stream, ordered);
         if (kernel_ == attention_kernel::tiled) upload(tiles_, plan_.tiles, stream, ordered);
-        params_.rows = rows_.as<device_row_plan>();
-        params_.num_rows = static_cast<std::int32_t>(plan_.rows.size());
-        params_.fills = fills_.as<device_fill_row>();
-        params_.num_fills = static_cast<std::int32_t>(plan_.fills.size());
-        params_.tiles = tiles_.as<device_tile>();
-        params_.num_tiles = static_cast<std::int32_t>(plan_.tiles.size());
-        params_.key_codes = key_codes_.as<std::int32_t>();
-        params_.type_prefix = prefix_.as<std::int32_t>();
-        params_.seq_kv_len = seq_len_.as<std::int32_t>();
+        detail::set_plan_params(params_, plan_, rows_, fills_, tiles_, key_codes_, prefix_, seq_len_);
         if (!args.stats.row_max.empty()) {
             params_.stat_max = args.stats.row_max.data;
             params_.stat_sum = args.stats.row_sum.data;

@@ -146,16 +146,23 @@ inline void gated_cross_attention_backward(const row_metadata& rows, const gated
         xn(static_cast<std::size_t>(N * H));
     tensor_ref<float, 2> br(branch.data(), {N, H}), dxr(dx.data(), {N, H}), xr(xn.data(), {N, H});
 
+    // A gated term out = in + tanh(α)·y on text rows: the upstream gradient of y (into `branch`) and
+    // dL/dα = (1 - tanh²α) Σ dout·y.
+    auto gated_term = [&](float gate, const std::vector<float>& y) {
+        double sum = 0.0;
+        for (std::int64_t n = 0; n < N; ++n)
+            for (std::int64_t i = 0; i < H; ++i) {
+                const std::size_t k = static_cast<std::size_t>(n * H + i);
+                branch[k] = text(n) ? gate * dh.data[k] : 0.0f;
+                if (text(n)) sum += static_cast<double>(dh.data[k]) * y[k];
+            }
+        return static_cast<float>((1.0 - double(gate) * gate) * sum);
+    };
+
     // MLP term: h2 = h1 + tanh(α_m)·m on text rows.
     const float gm = std::tanh(w.mlp_gate), ga = std::tanh(w.attn_gate);
-    double sm = 0.0;
-    for (std::int64_t n = 0; n < N; ++n)
-        for (std::int64_t i = 0; i < H; ++i) {
-            const std::size_t k = static_cast<std::size_t>(n * H + i);
-            branch[k] = text(n) ? gm * dh.data[k] : 0.0f;
-            if (text(n)) sm += static_cast<double>(dh.data[k]) * t.mlp[k];
-        }
-    if (grads) grads->mlp_gate += static_cast<float>((1.0 - double(gm) * gm) * sm);
+    const float d_mlp_gate = gated_term(gm, t.mlp);
+    if (grads) grads->mlp_gate += d_mlp_gate;
     const tensor_ref<const float, 2> h_mid(t.h_mid.data(), {N, H}), h_in(t.h_in.data(), {N, H});
     rmsnorm_forward(h_mid, w.mlp_norm.data(), eps, xr, num_threads);
     swiglu_backward_scratch mlp_scratch;
@@ -166,14 +173,8 @@ inline void gated_cross_attention_backward(const row_metadata& rows, const gated
     for (std::int64_t i = 0; i < N * H; ++i) dh.data[i] += dx[static_cast<std::size_t>(i)];
 
     // Attention term: h1 = h + tanh(α_a)·o(c) on text rows.
-    double sa = 0.0;
-    for (std::int64_t n = 0; n < N; ++n)
-        for (std::int64_t i = 0; i < H; ++i) {
-            const std::size_t k = static_cast<std::size_t>(n * H + i);
-            branch[k] = text(n) ? ga * dh.data[k] : 0.0f;
-            if (text(n)) sa += static_cast<double>(dh.data[k]) * t.proj[k];
-        }
-    if (grads) grads->attn_gate += static_cast<float>((1.0 - double(ga) * ga) * sa);
+    const float d_attn_gate = gated_term(ga, t.proj);
+    if (grads) grads->attn_gate += d_attn_gate;
     std::vector<float> dc(static_cast<std::size_t>(N * Wq)), dq(static_cast<std::size_t>(N * Wq), 0.0f);
     linear_backward(tensor_ref<const float, 2>(t.attn.data(), {N, Wq}), w.o, br, tensor_ref<float, 2>(dc.data(), {N, Wq}),
                     ptr(&gated_cross_attention_grads::o), nullptr, num_threads);

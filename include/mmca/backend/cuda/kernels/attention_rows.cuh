@@ -39,6 +39,18 @@ __device__ __forceinline__ void row_key_range(const device_row_plan& plan, int& 
             }
 }
 
+/// Threads 0 and 1 write the max (natural-log units) and sum of groups 0 and 1 of a row to the
+/// statistics, when the call asked for them (max and sum in log2 units, as the kernels keep them).
+template <class T>
+__device__ __forceinline__ void write_group_stats(const attention_params<T>& p, std::int64_t stat,
+                                                  const float (&group_max)[2], const float (&group_sum)[2]) {
+    if (p.stat_max == nullptr || threadIdx.x >= 2) return;
+    const int g = threadIdx.x;
+    const bool empty = group_max[g] == -INFINITY || group_sum[g] <= 0.0f;
+    p.stat_max[stat * 2 + g] = empty ? -INFINITY : group_max[g] * stat_ln2;
+    p.stat_sum[stat * 2 + g] = empty ? 0.0f : group_sum[g];
+}
+
 /// DL: head-dim elements per lane (the kernel serves D <= 16 * DL).
 template <class T, int DL>
 __global__ void __launch_bounds__(rows_kernel_threads) attention_rows_kernel(const attention_params<T> p) {
@@ -145,12 +157,7 @@ __global__ void __launch_bounds__(rows_kernel_threads) attention_rows_kernel(con
         T* out_row = p.out + b * p.out_stride[0] + h * p.out_stride[1] + plan.row * p.out_stride[2];
         const T* self_row = (plan.flags & plan_self_term) ? v_base + plan.position * p.v_stride[2] : nullptr;
         const std::int64_t stat = stat_row(p, b, h, plan.row);
-        if (p.stat_max != nullptr && threadIdx.x < 2) {
-            const int g = threadIdx.x;
-            const bool empty = group_max[g] == neg_inf || group_sum[g] <= 0.0f;
-            p.stat_max[stat * 2 + g] = empty ? neg_inf : group_max[g] * stat_ln2;
-            p.stat_sum[stat * 2 + g] = empty ? 0.0f : group_sum[g];
-        }
+        write_group_stats(p, stat, group_max, group_sum);
         for (int d = threadIdx.x; d < D; d += rows_kernel_threads) {
             float value = self_row != nullptr ? to_float(self_row[d]) : 0.0f;
 #pragma unroll
@@ -210,12 +217,7 @@ __global__ void __launch_bounds__(128) attention_combine_kernel(const attention_
         (plan.flags & plan_self_term) ? p.v + b * p.v_stride[0] + hk * p.v_stride[1] + plan.position * p.v_stride[2]
                                       : nullptr;
     const std::int64_t stat = stat_row(p, b, h, plan.row);
-    if (p.stat_max != nullptr && threadIdx.x < 2) {
-        const int g = threadIdx.x;
-        const bool empty = group_max[g] == neg_inf || group_sum[g] <= 0.0f;
-        p.stat_max[stat * 2 + g] = empty ? neg_inf : group_max[g] * stat_ln2;
-        p.stat_sum[stat * 2 + g] = empty ? 0.0f : group_sum[g];
-    }
+    write_group_stats(p, stat, group_max, group_sum);
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         float value = self_row != nullptr ? to_float(self_row[d]) : 0.0f;
         for (int g = 0; g < 2; ++g) {
