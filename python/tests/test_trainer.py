@@ -21,9 +21,9 @@ CFG = dict(vocab_size=V, hidden_size=H, intermediate_size=40, num_hidden_layers=
            bos_token_id=1, eos_token_id=2, cross_attention_every=1, cross_attention_intermediate=12)
 
 
-def checkpoint(folder, vocab=V, seed=0):
-    """A small QWen ViT (4 queries of width 16), a baseline projector and a LLaMa with cross blocks,
-    under the reference names."""
+def checkpoint(folder, vocab=V, seed=0, layers=2):
+    """A small QWen ViT (4 queries of width 16), a baseline projector and a LLaMa of `layers` layers
+    with cross blocks, under the reference names."""
     rng = np.random.default_rng(seed)
     t = {}
 
@@ -55,7 +55,7 @@ def checkpoint(folder, vocab=V, seed=0):
     t[d + "embed_tokens.weight"] = t["lang_embed.weight"].copy()
     rnd(d + "norm.weight", (H,), 0.1, 1.0)
     rnd("lang_decoder.lm_head.weight", (vocab, H), 0.1)
-    for l in range(2):
+    for l in range(layers):
         q = f"{d}layers.{l}."
         rnd(q + "input_layernorm.weight", (H,), 0.1, 1.0), rnd(q + "post_attention_layernorm.weight", (H,), 0.1, 1.0)
         rnd(q + "self_attn.q_proj.weight", (H, H), 0.2), rnd(q + "self_attn.k_proj.weight", (16, H), 0.2)
@@ -72,13 +72,13 @@ def checkpoint(folder, vocab=V, seed=0):
         t[c + "mlp_gate"] = np.array([0.0], np.float32)
     folder.mkdir(parents=True, exist_ok=True)
     write_safetensors(folder / "model.safetensors", t)
-    (folder / "config.json").write_text(json.dumps(dict(CFG, vocab_size=vocab)))
+    (folder / "config.json").write_text(json.dumps(dict(CFG, vocab_size=vocab, num_hidden_layers=layers)))
     return str(folder)
 
 
-def model(path, image_token=IMG, variant="mmca"):
+def model(path, image_token=IMG, variant="mmca", **kw):
     return mmca.VisualChatModel(path, variant=variant, batch=2, image_size=S, vision_heads=4, pool_heads=2,
-                                image_token_id=image_token, num_threads=1)
+                                image_token_id=image_token, num_threads=1, **kw)
 
 
 def examples(n=7, seed=3):
@@ -151,6 +151,42 @@ def test_training_lowers_the_loss_and_the_model_uses_the_trained_copies(ckpt, tm
     t.save_weights(tmp_path / "w.safetensors")
     f = mmca.SafetensorsFile(str(tmp_path / "w.safetensors"))
     np.testing.assert_array_equal(f.tensor("projection.0.weight"), t.parameter("projection.0.weight"))
+
+
+VARIANTS = [("causal", {}), ("mmca", {}), ("mmca_reference", {}), ("causal_cross", {"policy": "preceding"})]
+
+
+def test_the_attention_variant_reaches_the_trainer(tmp_path):
+    """The variant of the model is the one the trainer's forward, backward and evaluation run: with
+    two layers every variant gives its own loss, gradient and update. With one layer, mmca,
+    mmca_reference and causal_cross (preceding) compute the same output on every text row after
+    the first image (SPEC §2.2-2.4), the only supervised rows here; they differ only on image rows
+    and rows before the first image, which reach the loss through a later layer. So with one layer
+    the three give the same losses and updates (to rounding), and causal does not. (Every example has
+    an image before its answer: on a text row with no earlier image, mmca_reference's image term is
+    the reference code's uniform average, not 0.)"""
+    data = [e for e in examples(10) if e["images"] is not None]
+
+    def run(path, variant, kw):
+        t = mmca.Trainer(model(path, variant=variant, **kw), data, **dict(OPTS, total_steps=2))
+        before = t.evaluate()["loss"]
+        hist = t.run()
+        return (np.array([before] + [h["loss"] for h in hist] + [h["grad_norm"] for h in hist]),
+                t.parameter("projection.0.weight"), t.parameter("lang_embed.weight"))
+
+    for layers in (2, 1):
+        path = checkpoint(tmp_path / f"ckpt{layers}", seed=5, layers=layers)
+        got = {v: run(path, v, kw) for v, kw in VARIANTS}
+        for i, (a, _) in enumerate(VARIANTS):
+            for b, _ in VARIANTS[i + 1:]:
+                (sa, pa, ea), (sb, pb, eb) = got[a], got[b]
+                rel = np.abs(sa - sb) / np.abs(sa)
+                if layers == 1 and "causal" not in (a, b):
+                    assert rel.max() < 1e-5, (layers, a, b, sa, sb)
+                    assert np.abs(pa - pb).max() < 1e-5 and np.abs(ea - eb).max() < 1e-5, (layers, a, b)
+                else:  # each of: loss before training, the step losses, the gradient norms
+                    assert rel.min() > 1e-5 and rel.max() > 1e-3, (layers, a, b, sa, sb)
+                    assert np.abs(pa - pb).max() > 1e-4, (layers, a, b)
 
 
 def test_errors(ckpt, tmp_path):

@@ -24,7 +24,7 @@ def rel(a, b):
     return float(np.max(np.abs(a.astype(np.float64) - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
-@pytest.mark.parametrize("variant", ["mmca", "causal", "causal_cross"])
+@pytest.mark.parametrize("variant", ["mmca", "causal", "causal_cross", "mmca_reference"])
 def test_gradients_match_torch_autograd(mm, tmp_path, variant):
     info = vo.qwen_checkpoint(tmp_path / "ckpt", seed=31)
     model = mm.VisualChatModel(str(tmp_path / "ckpt"), variant=variant, batch=2, **vo.load_kwargs(info))

@@ -148,7 +148,8 @@ def greedy(info, ids, rows, max_new_tokens, eos=(2,), variant="mmca"):
 def _grad_safe_attention(self, hidden_states, attention_mask=None, position_ids=None,
                          past_key_value=None, output_attentions=False, use_cache=False, **kwargs):
     """llama_hf_oracle's two-softmax attention with fully masked groups handled without NaN in
-    backward (their probabilities are exactly 0 and carry no gradient)."""
+    backward (their probabilities are exactly 0 and carry no gradient), and the scores of
+    finfo.min-masked entries taken as constants (as in test_attention_backward_torch.py)."""
     import math
 
     from transformers.models.llama import modeling_llama as ml
@@ -163,9 +164,13 @@ def _grad_safe_attention(self, hidden_states, attention_mask=None, position_ids=
     v = ml.repeat_kv(v, self.num_key_value_groups)
     scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(self.head_dim)
     out = torch.zeros_like(q)
+    fmin = torch.finfo(torch.float32).min
     for mask in lo.CTX.masks:
         empty = torch.isneginf(mask).all(dim=-1, keepdim=True)
-        s = torch.where(empty, torch.zeros_like(scores), scores + mask)
+        # A score under a finfo.min entry (mmca_reference's masks) is absorbed in float32
+        # (score + finfo.min == finfo.min): a constant of the computed function, no gradient.
+        live = torch.where(mask > fmin / 2, scores, scores.detach())
+        s = torch.where(empty, torch.zeros_like(scores), live + mask)
         p = torch.where(empty, torch.zeros_like(scores), torch.softmax(s, dim=-1))
         out = out + torch.matmul(p, v)
     out = out.transpose(1, 2).reshape(bsz, q_len, self.hidden_size)
