@@ -47,21 +47,22 @@ using attention_stats_view = basic_attention_stats<const float>;  ///< read by t
 template <class T>
 void check_attention_stats(const char* where, const attention_problem& p, const basic_attention_stats<T>& stats) {
     using detail::to_text;
-    const std::string bhl = to_text(p.batch) + ", " + to_text(p.q_heads) + ", " + to_text(p.q_len);
-    const std::string rows = "[" + bhl + ", 2] (B, Hq, Lq, 2)";
-    const std::string outs = "[" + bhl + ", 2, " + to_text(p.head_dim) + "] (B, Hq, Lq, 2, D)";
+    // The expected shapes as text, built only for a message (this check runs on every training step).
+    auto bhl = [&] { return to_text(p.batch) + ", " + to_text(p.q_heads) + ", " + to_text(p.q_len); };
+    auto rows = [&] { return "[" + bhl() + ", 2] (B, Hq, Lq, 2)"; };
+    auto outs = [&] { return "[" + bhl() + ", 2, " + to_text(p.head_dim) + "] (B, Hq, Lq, 2, D)"; };
     auto rows_ok = [&](const tensor_ref<T, 4>& t) {
         return t.shape[0] == p.batch && t.shape[1] == p.q_heads && t.shape[2] == p.q_len && t.shape[3] == 2;
     };
-    MMCA_CHECK_ARG(!stats.row_max.empty(), where, "row_max", "no tensor", "a float32 " + rows + " tensor");
-    MMCA_CHECK_ARG(!stats.row_sum.empty(), where, "row_sum", "no tensor", "a float32 " + rows + " tensor");
-    MMCA_CHECK_ARG(!stats.group_out.empty(), where, "group_out", "no tensor", "a float32 " + outs + " tensor");
-    MMCA_CHECK_ARG(rows_ok(stats.row_max), where, "row_max", stats.row_max.shape_text(), rows);
-    MMCA_CHECK_ARG(rows_ok(stats.row_sum), where, "row_sum", stats.row_sum.shape_text(), rows);
+    MMCA_CHECK_ARG(!stats.row_max.empty(), where, "row_max", "no tensor", "a float32 " + rows() + " tensor");
+    MMCA_CHECK_ARG(!stats.row_sum.empty(), where, "row_sum", "no tensor", "a float32 " + rows() + " tensor");
+    MMCA_CHECK_ARG(!stats.group_out.empty(), where, "group_out", "no tensor", "a float32 " + outs() + " tensor");
+    MMCA_CHECK_ARG(rows_ok(stats.row_max), where, "row_max", stats.row_max.shape_text(), rows());
+    MMCA_CHECK_ARG(rows_ok(stats.row_sum), where, "row_sum", stats.row_sum.shape_text(), rows());
     const auto& go = stats.group_out;
     MMCA_CHECK_ARG(go.shape[0] == p.batch && go.shape[1] == p.q_heads && go.shape[2] == p.q_len && go.shape[3] == 2 &&
                        go.shape[4] == p.head_dim,
-                   where, "group_out", go.shape_text(), outs);
+                   where, "group_out", go.shape_text(), outs());
     MMCA_CHECK_ARG(go.inner_contiguous(), where, "group_out", "a non-contiguous last dimension",
                    "the last dimension (D) contiguous");
 }
