@@ -186,7 +186,10 @@ def pretrain_vit(splits, args, seed):
                             pos_grid=IMAGE_SIZE // 14, output_dim=E, queries=4, std=0.05)
     state["attn_pool.pos_embed"] = state["attn_pool.pos_embed"]  # fixed sin-cos table, not trained
     params = {k: v.clone().requires_grad_(k != "attn_pool.pos_embed") for k, v in state.items()}
-    head = torch.nn.Linear(4 * E, 4 * (7 + 4)).double()
+    # "joint": one linear head reads all four pooled tokens; "per_cell": a head shared by the tokens
+    # reads token i alone for grid cell i (the tokens then line up with the cells).
+    per_cell = getattr(args, "vit_head", "joint") == "per_cell"
+    head = torch.nn.Linear(E if per_cell else 4 * E, 11 if per_cell else 4 * (7 + 4)).double()
     images, colours, kinds = [], [], []
     for smp in splits["train"]:
         for img, shapes in zip(smp["images"], smp["shapes"]):
@@ -203,7 +206,7 @@ def pretrain_vit(splits, args, seed):
     for step in range(args.vit_steps):
         idx = torch.from_numpy(g.integers(0, len(X), 64))
         feats = qo.forward(params, X[idx], heads=4, pool_heads=2)          # (B, 4, E) float64
-        logits = head(feats.reshape(len(idx), -1)).reshape(len(idx), 4, 11)
+        logits = head(feats) if per_cell else head(feats.reshape(len(idx), -1)).reshape(len(idx), 4, 11)
         loss = (torch.nn.functional.cross_entropy(logits[..., :7].reshape(-1, 7), C[idx].reshape(-1))
                 + torch.nn.functional.cross_entropy(logits[..., 7:].reshape(-1, 4), K[idx].reshape(-1)))
         opt.zero_grad()

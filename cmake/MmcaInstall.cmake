@@ -52,3 +52,18 @@ if(OpenMP_CXX_FOUND)
 endif()
 configure_file("${PROJECT_SOURCE_DIR}/cmake/mmca.pc.in" "${PROJECT_BINARY_DIR}/mmca.pc" @ONLY)
 install(FILES "${PROJECT_BINARY_DIR}/mmca.pc" DESTINATION "${MMCA_INSTALL_PKGCONFIGDIR}" COMPONENT devel)
+
+# The compiled CUDA library (when built): lib/libmmca_cuda.so and its own export set
+# (share/cmake/mmca/mmcaCudaTargets.cmake, target mmca::cuda), which mmcaConfig.cmake includes for
+# the component "cuda". Consumers compile with their C++ compiler only; the library finds the CUDA
+# runtime it was built against through its RUNPATH.
+if(TARGET mmca_cuda)
+  include(GNUInstallDirs)
+  set_target_properties(mmca_cuda PROPERTIES EXPORT_NAME cuda)
+  if(CUDAToolkit_LIBRARY_DIR)
+    set_property(TARGET mmca_cuda APPEND PROPERTY INSTALL_RPATH "${CUDAToolkit_LIBRARY_DIR}")
+  endif()
+  install(TARGETS mmca_cuda EXPORT mmcaCudaTargets
+          LIBRARY DESTINATION "${CMAKE_INSTALL_LIBDIR}" COMPONENT devel)
+  install(EXPORT mmcaCudaTargets NAMESPACE mmca:: DESTINATION "${MMCA_INSTALL_CMAKEDIR}" COMPONENT devel)
+endif()

@@ -45,6 +45,8 @@ const char* usage_text =
     "  --preset           image preprocessing: visualchat-448 (default), qwen-vl-448, clip-224, clip-336;\n"
     "                     a model whose image size differs uses shortest-edge resize + crop to its size\n"
     "  --max-images       images per conversation (default 8)\n"
+    "  --no-system-prompt leave the system prompt out of the first round (models trained without it,\n"
+    "                     such as examples/demo_model)\n"
     "  --max-new-tokens   answer length limit (default 256)\n"
     "  --temperature T    0 (default): greedy\n"
     "  --top-k K          --top-p P   --repetition-penalty R   --seed N\n"
@@ -273,6 +275,7 @@ int main(int argc, char** argv) {
         else if (arg == "--batch") batch_files.push_back(value());
         else if (arg == "--output" || arg == "-o") output = value();
         else if (arg == "--image-root") image_root = value();
+        else if (arg == "--no-system-prompt") options.conversation.system_prompt = false;
         else if (arg == "--quiet" || arg == "-q") quiet = true;
         else usage_error("unknown argument '" + arg + "'");
     }

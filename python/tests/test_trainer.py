@@ -21,9 +21,9 @@ CFG = dict(vocab_size=V, hidden_size=H, intermediate_size=40, num_hidden_layers=
            bos_token_id=1, eos_token_id=2, cross_attention_every=1, cross_attention_intermediate=12)
 
 
-def checkpoint(folder, vocab=V, seed=0, layers=2):
-    """A small QWen ViT (4 queries of width 16), a baseline projector and a LLaMa of `layers` layers
-    with cross blocks, under the reference names."""
+def checkpoint(folder, vocab=V, seed=0, layers=2, projector="baseline"):
+    """A small QWen ViT (4 queries of width 16), a projector (baseline; or vit, perceiver: see
+    projector_tensors) and a LLaMa of `layers` layers with cross blocks, under the reference names."""
     rng = np.random.default_rng(seed)
     t = {}
 
@@ -50,6 +50,9 @@ def checkpoint(folder, vocab=V, seed=0, layers=2):
     rnd(p + "attn_pool.attn.out_proj.weight", (E, E), 0.1), rnd(p + "attn_pool.attn.out_proj.bias", (E,), 0.1)
     rnd("projection.0.weight", (H, E), 0.2), rnd("projection.0.bias", (H,), 0.1)
     rnd("projection.1.weight", (H,), 0.1, 1.0), rnd("projection.1.bias", (H,), 0.1)
+    if projector != "baseline":
+        t = {k: v for k, v in t.items() if not k.startswith("projection.")}
+        t.update(projector_tensors(projector, E, seed))
     d = "lang_decoder.model."
     rnd("lang_embed.weight", (vocab, H), 1.0)
     t[d + "embed_tokens.weight"] = t["lang_embed.weight"].copy()
@@ -74,6 +77,40 @@ def checkpoint(folder, vocab=V, seed=0, layers=2):
     write_safetensors(folder / "model.safetensors", t)
     (folder / "config.json").write_text(json.dumps(dict(CFG, vocab_size=vocab, num_hidden_layers=layers)))
     return str(folder)
+
+
+def projector_tensors(kind, Dv, seed):
+    """The tensors of a vit projector (an encoder layer of width Dv, MLP 24, then Linear + LayerNorm)
+    or of a perceiver (4 queries, no kv_proj bias, the query positions generated), under projection.*."""
+    rng = np.random.default_rng(seed + 100)
+    t = {}
+
+    def rnd(name, shape, s, mean=0.0):
+        t["projection." + name] = (mean + s * rng.standard_normal(shape)).astype(np.float32)
+
+    def norm(name, d):
+        rnd(name + ".weight", (d,), 0.2, 1.0), rnd(name + ".bias", (d,), 0.1)
+
+    if kind == "vit":
+        norm("vis_layer.layer_norm1", Dv), norm("vis_layer.layer_norm2", Dv)
+        for p in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            rnd(f"vis_layer.self_attn.{p}.weight", (Dv, Dv), 0.25), rnd(f"vis_layer.self_attn.{p}.bias", (Dv,), 0.1)
+        rnd("vis_layer.mlp.fc1.weight", (24, Dv), 0.2), rnd("vis_layer.mlp.fc1.bias", (24,), 0.1)
+        rnd("vis_layer.mlp.fc2.weight", (Dv, 24), 0.2), rnd("vis_layer.mlp.fc2.bias", (Dv,), 0.1)
+        rnd("projection.0.weight", (H, Dv), 0.2), rnd("projection.0.bias", (H,), 0.1)
+        norm("projection.1", H)
+    else:
+        rnd("query", (4, H), 0.5)
+        rnd("kv_proj.weight", (H, Dv), 0.2)
+        norm("ln_q", H), norm("ln_kv", H)
+        rnd("attn.in_proj_weight", (3 * H, H), 0.2), rnd("attn.in_proj_bias", (3 * H,), 0.1)
+        rnd("attn.out_proj.weight", (H, H), 0.2), rnd("attn.out_proj.bias", (H,), 0.1)
+        norm("projection.0", H)
+        rnd("projection.1.weight", (H, H), 0.2), rnd("projection.1.bias", (H,), 0.1)
+    return t
+
+
+PROJECTOR_KW = {"vit": dict(projector_layer_heads=4), "perceiver": dict(projector_heads=4)}
 
 
 def model(path, image_token=IMG, variant="mmca", **kw):
@@ -151,6 +188,66 @@ def test_training_lowers_the_loss_and_the_model_uses_the_trained_copies(ckpt, tm
     t.save_weights(tmp_path / "w.safetensors")
     f = mmca.SafetensorsFile(str(tmp_path / "w.safetensors"))
     np.testing.assert_array_equal(f.tensor("projection.0.weight"), t.parameter("projection.0.weight"))
+
+
+@pytest.mark.parametrize("kind", ["vit", "perceiver"])
+def test_vit_and_perceiver_projectors_train(tmp_path, kind):
+    """Every tensor of the vit and perceiver projectors trains under the name the loader reads it
+    from; the loss falls; the saved weights carry those names. The gradients (loss_and_grads, the
+    backward the trainer runs) match central differences of the loss of checkpoints with one element
+    moved."""
+    path = checkpoint(tmp_path / "ckpt", projector=kind)
+    stored = mmca.SafetensorsFile(str(tmp_path / "ckpt" / "model.safetensors"))
+    projector_names = sorted(n for n in stored.names() if n.startswith("projection."))
+    data = examples()
+    m = model(path, **PROJECTOR_KW[kind])
+    t = mmca.Trainer(m, data, embedding=False, **dict(OPTS, total_steps=8, max_grad_norm=1.0))
+    assert sorted(t.names) == projector_names
+    if kind == "vit":
+        assert "projection.vis_layer.self_attn.k_proj.weight" in t.names
+        assert "projection.projection.1.bias" in t.names
+    else:
+        assert "projection.query" in t.names and "projection.attn.in_proj_weight" in t.names
+        assert "projection.kv_proj.bias" not in t.names  # absent in the checkpoint
+    before = t.evaluate()["loss"]
+    hist = t.run()
+    assert len(hist) == 8
+    assert t.evaluate()["loss"] < before
+    for name in t.names:
+        assert np.abs(t.parameter(name) - stored.tensor(name)).max() > 0, name
+    t.save_weights(tmp_path / "w.safetensors")
+    f = mmca.SafetensorsFile(str(tmp_path / "w.safetensors"))
+    assert sorted(f.names()) == projector_names
+    for name in t.names:
+        np.testing.assert_array_equal(f.tensor(name), t.parameter(name))
+
+    # Finite differences of the checkpoint's loss against loss_and_grads.
+    batch = data[1:3]  # one and two images
+    ids, images, labels = [e["ids"] for e in batch], [e["images"] for e in batch], [e["labels"] for e in batch]
+    out = model(path, **PROJECTOR_KW[kind]).loss_and_grads(ids, images, labels=labels, embedding=False)
+    assert sorted(out["grads"]) == projector_names
+    tensors = {n: np.array(stored.tensor(n)) for n in stored.names()}
+    checks = (["projection.vis_layer.self_attn.q_proj.weight", "projection.vis_layer.layer_norm2.weight",
+               "projection.projection.0.bias"] if kind == "vit" else
+              ["projection.query", "projection.attn.in_proj_weight", "projection.ln_kv.bias"])
+    for k, name in enumerate(checks):
+        g = out["grads"][name]
+        i = np.unravel_index(np.argmax(np.abs(g)), g.shape)
+        v0 = tensors[name][i]
+        h = np.float32(1e-2 * max(abs(float(v0)), 1.0))
+        losses = []
+        for sign in (1, -1):
+            moved = dict(tensors)
+            moved[name] = tensors[name].copy()
+            moved[name][i] = v0 + sign * h
+            folder = tmp_path / f"fd{k}{sign}"
+            folder.mkdir()
+            write_safetensors(folder / "model.safetensors", moved)
+            shutil.copy(tmp_path / "ckpt" / "config.json", folder / "config.json")
+            losses.append(model(str(folder), **PROJECTOR_KW[kind]).forward(ids, images, labels=labels)["loss"])
+        step = float(np.float32(v0 + h)) - float(np.float32(v0 - h))
+        fd = (losses[0] - losses[1]) / step
+        assert abs(fd - g[i]) < 3e-5 + 1e-2 * abs(fd), (name, i, fd, g[i])
 
 
 VARIANTS = [("causal", {}), ("mmca", {}), ("mmca_reference", {}), ("causal_cross", {"policy": "preceding"})]

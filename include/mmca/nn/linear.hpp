@@ -5,18 +5,25 @@
 //   * Few rows (decoding, N <= 8): a matrix-vector kernel streams each weight row once, widening
 //     16 elements at a time in registers, for up to 4 activation rows at once. This is the
 //     memory-bound case: its speed is the speed at which weight bytes arrive from memory.
-//   * Many rows (prefill): the output columns are cut into panels of up to 512 weight rows
-//     (forward_panel_rows). float32 panels are used in place; float16/bfloat16 panels are widened
-//     into a per-thread buffer (at most 16 MiB) right before Eigen's GEMM consumes them, so at most
-//     one panel per thread exists in float32 at any time.
-// Work is spread over output-row blocks (mmca::parallel_for); Eigen's GEMM runs single-threaded
-// inside each block, so the thread count given here is the one used.
+//   * Many rows (prefill), built with AVX2 + FMA + F16C: mmca's packed GEMM (nn/detail/gemm_kernel.hpp):
+//     a 6 × 16 register-tile micro-kernel over packed panels, K blocks of at most 256, the float16 /
+//     bfloat16 -> float32 widening done while packing weight micro-panels (no separate pass). Work is
+//     spread over blocks of output columns (and rows when there are few columns); every output element
+//     is computed the same way whatever the thread count or the other rows, so results are bitwise
+//     the same for any number of threads and for a batch and its rows one by one.
+//   * Many rows without AVX2/FMA/F16C (or with MMCA_NN_HAVE_PACKED_GEMM defined to 0): the output
+//     columns are cut into panels of up to 512 weight rows (forward_panel_rows). float32 panels are
+//     used in place; float16/bfloat16 panels are widened into a per-thread buffer (at most 16 MiB)
+//     right before Eigen's GEMM consumes them. Eigen's GEMM runs single-threaded inside each
+//     output-row block (mmca::parallel_for).
+// The thread count given here is the one used.
 #pragma once
 
 #include "mmca/core/dtype.hpp"
 #include "mmca/core/error.hpp"
 #include "mmca/core/tensor.hpp"
 #include "mmca/core/threading.hpp"
+#include "mmca/nn/detail/gemm_kernel.hpp"
 
 #include <Eigen/Core>
 
@@ -207,6 +214,9 @@ void linear_typed(tensor_ref<const float, 2> x, const T* w, std::int64_t out, st
         });
         return;
     }
+#if MMCA_NN_HAVE_PACKED_GEMM
+    gemm_packed<T>(x, w, out, in, bias, y, threads);
+#else
     const std::int64_t rows = forward_panel_rows(in, !std::is_same_v<T, float>);
     const std::int64_t blocks = (out + rows - 1) / rows;
     if constexpr (std::is_same_v<T, float>) {
@@ -225,6 +235,7 @@ void linear_typed(tensor_ref<const float, 2> x, const T* w, std::int64_t out, st
             gemm_panel(x, panel.data(), in, bias, y, o0, o1);
         });
     }
+#endif
 }
 
 }  // namespace detail

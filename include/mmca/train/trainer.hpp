@@ -10,7 +10,7 @@
 //   u.load("run/state.safetensors");                // continues bit for bit
 //
 // The trainer owns float32 copies of the trainable tensors (the copied token embedding
-// lang_embed.weight, the projector, optionally the gated cross-attention blocks, optionally LoRA
+// lang_embed.weight, the projector of any kind, optionally the gated cross-attention blocks, optionally LoRA
 // adapters on q/k/v/o) and points the model's weights at them, so the model's inference paths use
 // the trained values while the frozen encoder and decoder stay memory-mapped in their stored dtype.
 // The copies are kept alive by the model's weights (their `storage`), so the model stays usable
@@ -91,7 +91,7 @@ private:
 
 struct trainer_options {
     // What trains (the rest is frozen).
-    bool projector = true;              ///< the projector (baseline kind)
+    bool projector = true;              ///< the projector (baseline, vit or perceiver)
     bool embedding = true;              ///< the copied token embedding lang_embed.weight
     bool cross_blocks = false;          ///< the decoder's gated cross-attention blocks (SPEC §2.5)
     std::string lora_targets;           ///< LoRA adapters on these of q/k/v/o ("qv", "qkvo", "all"); empty: none
@@ -204,7 +204,7 @@ class visual_chat_trainer {
 public:
     /// Registers the trainable tensors of `model` (float32 copies that the model then uses) for a
     /// data set of `dataset_size` examples. The model must come from load_visual_chat_model (an
-    /// encoder + baseline projector tower) and outlive the trainer.
+    /// encoder + projector tower) and outlive the trainer.
     visual_chat_trainer(visual_chat_model<KV>& model, std::int64_t dataset_size, trainer_options options = {})
         : model_(&model), options_(std::move(options)), storage_(std::make_shared<detail::trainable_storage>()) {
         using mmca::detail::to_text;
@@ -226,9 +226,12 @@ public:
         const llama_config& c = model.language().config();
         MMCA_CHECK_ARG(!options_.cross_blocks || c.num_cross_blocks() > 0, where, "cross_blocks", "true",
                        "false for a decoder without gated cross-attention blocks (cross_attention_every = 0)");
-        MMCA_CHECK_ARG(!options_.projector || tower_->projector().kind() == vision::projector_kind::baseline, where,
-                       "model", std::string("a projector of kind '") + vision::to_string(tower_->projector().kind()) + "'",
-                       "the baseline projector (Linear + LayerNorm) when the projector trains");
+        // Every projector kind trains; a vit layer with fused q/k/v has no checkpoint names to save under.
+        MMCA_CHECK_ARG(!options_.projector || tower_->projector().kind() != vision::projector_kind::vit ||
+                           tower_->projector().weights().layer.layout == vision::qkv_layout::separate,
+                       where, "model", "a vit projector whose encoder layer has fused q/k/v weights",
+                       "a vit projector with separate q/k/v weights (as load_visual_chat_model makes it) when the "
+                       "projector trains");
         if (!options_.lora_targets.empty()) {
             lora_config lc;
             lc.rank = options_.lora_rank;
@@ -458,6 +461,15 @@ public:
         return st.config;
     }
 
+    /// Makes the model use the current parameter values: copies the vector and scalar parameters into
+    /// the model's weights (matrices are used in place) and forgets its cached image rows. step() and
+    /// load() do this; call it after changing values through parameters().
+    void sync_to_model() {
+        for (const auto& v : vectors_) std::copy(v.first, v.first + v.second->size(), v.second->begin());
+        for (const auto& s : scalars_) *s.second = *s.first;
+        model_->clear_image_cache();
+    }
+
     /// Writes the trained tensors (float32, checkpoint names) as a safetensors file (atomically).
     void save_weights(const std::string& path, const std::map<std::string, std::string>& metadata = {}) const {
         io::safetensors_writer w;
@@ -517,24 +529,11 @@ private:
 
     void register_parameters() {
         llama_weights& w = model_->language().mutable_weights();
-        const llama_config& c = model_->language().config();
-        const std::int64_t H = c.hidden_size;
         if (options_.embedding) {
             float* v = own_matrix(w.embed);
             params_.add_view("lang_embed.weight", {w.embed.rows, w.embed.cols}, v, grads_.embed.data());
         }
-        if (options_.projector) {
-            vision::projector_weights& pw = tower_->mutable_projector().mutable_weights();
-            vision::projector_grads& g = grads_.projector;
-            const std::int64_t Dv = pw.linear.cols;
-            float* lw = own_matrix(pw.linear);
-            params_.add_view("projection.0.weight", {H, Dv}, lw, g.linear.data());
-            if (!pw.linear_bias.empty())
-                params_.add_view("projection.0.bias", {H}, own_vector(pw.linear_bias), g.linear_bias.data()).weight_decay = false;
-            params_.add_view("projection.1.weight", {H}, own_vector(pw.norm_w), g.norm_w.data()).weight_decay = false;
-            params_.add_view("projection.1.bias", {H}, own_vector(pw.norm_b), g.norm_b.data()).weight_decay = false;
-            pw.storage = alias_storage(pw.storage);
-        }
+        if (options_.projector) register_projector();
         if (options_.cross_blocks) {
             const std::string prefix = io::visual_chat_names().cross_prefix;
             for (std::size_t b = 0; b < w.cross_blocks.size(); ++b) {
@@ -573,8 +572,82 @@ private:
                     params_.add_view(p + "lora_B.weight", {ad.out, ad.rank}, ad.b.data(), gd.b.data());
                 }
         }
-        (void)H;
         w.storage = alias_storage(w.storage);
+    }
+
+    /// The projector's tensors under the names load_projector reads them from (io/projector_loader.hpp),
+    /// in the order of vision::named_projector_gradients. Matrices and the perceiver's queries are
+    /// weight-decayed, norms and biases are not; absent biases and the fixed positional tables of the
+    /// perceiver are not parameters.
+    void register_projector() {
+        const std::string prefix = "projection.";  // the reference names (load_visual_chat_model's default)
+        vision::projector_weights& pw = tower_->mutable_projector().mutable_weights();
+        vision::projector_grads& g = grads_.projector;
+        auto mat = [&](const std::string& name, nn::matrix_ref& m, std::vector<float>& gm) {
+            const std::int64_t rows = m.rows, cols = m.cols;
+            params_.add_view(prefix + name, {rows, cols}, own_matrix(m), gm.data());
+        };
+        auto vec = [&](const std::string& name, std::vector<float>& v, std::vector<float>& gv) {
+            if (v.empty()) return;
+            const std::int64_t n = static_cast<std::int64_t>(v.size());
+            params_.add_view(prefix + name, {n}, own_vector(v), gv.data()).weight_decay = false;
+        };
+        switch (tower_->projector().kind()) {
+            case vision::projector_kind::baseline:
+                mat("0.weight", pw.linear, g.linear);
+                vec("0.bias", pw.linear_bias, g.linear_bias);
+                vec("1.weight", pw.norm_w, g.norm_w);
+                vec("1.bias", pw.norm_b, g.norm_b);
+                break;
+            case vision::projector_kind::vit: {
+                vision::encoder_layer_weights& L = pw.layer;
+                vision::encoder_layer_grads& G = g.layer;
+                const std::string l = "vis_layer.";
+                vec(l + "layer_norm1.weight", L.ln1_w, G.ln1_w);
+                vec(l + "layer_norm1.bias", L.ln1_b, G.ln1_b);
+                mat(l + "self_attn.q_proj.weight", L.q, G.q);
+                vec(l + "self_attn.q_proj.bias", L.q_bias, G.q_bias);
+                mat(l + "self_attn.k_proj.weight", L.k, G.k);
+                vec(l + "self_attn.k_proj.bias", L.k_bias, G.k_bias);
+                mat(l + "self_attn.v_proj.weight", L.v, G.v);
+                vec(l + "self_attn.v_proj.bias", L.v_bias, G.v_bias);
+                mat(l + "self_attn.out_proj.weight", L.out, G.out);
+                vec(l + "self_attn.out_proj.bias", L.out_bias, G.out_bias);
+                vec(l + "layer_norm2.weight", L.ln2_w, G.ln2_w);
+                vec(l + "layer_norm2.bias", L.ln2_b, G.ln2_b);
+                mat(l + "mlp.fc1.weight", L.fc1, G.fc1);
+                vec(l + "mlp.fc1.bias", L.fc1_bias, G.fc1_bias);
+                mat(l + "mlp.fc2.weight", L.fc2, G.fc2);
+                vec(l + "mlp.fc2.bias", L.fc2_bias, G.fc2_bias);
+                mat("projection.0.weight", pw.linear, g.linear);
+                vec("projection.0.bias", pw.linear_bias, g.linear_bias);
+                vec("projection.1.weight", pw.norm_w, g.norm_w);
+                vec("projection.1.bias", pw.norm_b, g.norm_b);
+                break;
+            }
+            case vision::projector_kind::perceiver: {
+                vision::attention_pool_weights& P = pw.pool;
+                vision::attention_pool_grads& G = g.pool;
+                const std::int64_t Q = tower_->projector().config().queries, E = tower_->projector().config().hidden;
+                params_.add_view(prefix + "query", {Q, E}, own_vector(P.query), G.query.data());
+                mat("kv_proj.weight", P.kv_proj, G.kv_proj);
+                vec("kv_proj.bias", P.kv_proj_bias, G.kv_proj_bias);
+                vec("ln_q.weight", P.ln_q_w, G.ln_q_w);
+                vec("ln_q.bias", P.ln_q_b, G.ln_q_b);
+                vec("ln_kv.weight", P.ln_kv_w, G.ln_kv_w);
+                vec("ln_kv.bias", P.ln_kv_b, G.ln_kv_b);
+                mat("attn.in_proj_weight", P.in_proj, G.in_proj);
+                vec("attn.in_proj_bias", P.in_proj_bias, G.in_proj_bias);
+                mat("attn.out_proj.weight", P.out_proj, G.out_proj);
+                vec("attn.out_proj.bias", P.out_proj_bias, G.out_proj_bias);
+                vec("projection.0.weight", pw.norm_w, g.norm_w);
+                vec("projection.0.bias", pw.norm_b, g.norm_b);
+                mat("projection.1.weight", pw.linear, g.linear);
+                vec("projection.1.bias", pw.linear_bias, g.linear_bias);
+                break;
+            }
+        }
+        pw.storage = alias_storage(pw.storage);
     }
 
     /// The model's storage pointer, replaced by one that also keeps the trainable copies alive.
@@ -582,13 +655,6 @@ private:
         auto holder = std::make_shared<std::pair<std::shared_ptr<detail::trainable_storage>, std::shared_ptr<const void>>>(
             storage_, std::move(previous));
         return std::shared_ptr<const void>(holder, holder.get());
-    }
-
-    /// Copies the updated vectors and scalars into the model and forgets its cached image rows.
-    void sync_to_model() {
-        for (const auto& v : vectors_) std::copy(v.first, v.first + v.second->size(), v.second->begin());
-        for (const auto& s : scalars_) *s.second = *s.first;
-        model_->clear_image_cache();
     }
 
     visual_chat_model<KV>* model_;
