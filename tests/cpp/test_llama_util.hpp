@@ -209,4 +209,72 @@ inline mmca::llama_config tiny_config(std::int64_t heads = 4, std::int64_t kv_he
     return c;
 }
 
+/// Random float32 tensors for a test checkpoint, drawn in call order from one generator: put (given
+/// values), rnd (normal values: mean + s · N(0, 1)), norm (a LayerNorm: weight around 1, bias
+/// around 0).
+struct random_tensor_list {
+    std::vector<st_tensor> tensors;
+    std::mt19937 gen;
+    std::normal_distribution<float> nd{0.0f, 1.0f};
+
+    explicit random_tensor_list(std::uint32_t seed) : gen(seed) {}
+
+    void put(const std::string& name, std::vector<std::int64_t> shape, const std::vector<float>& v) {
+        tensors.push_back({name, "F32", std::move(shape), float_bytes(v, "F32")});
+    }
+    void rnd(const std::string& name, std::vector<std::int64_t> shape, float s, float mean = 0.0f) {
+        std::int64_t n = 1;
+        for (auto d : shape) n *= d;
+        std::vector<float> v(static_cast<std::size_t>(n));
+        for (auto& x : v) x = mean + s * nd(gen);
+        put(name, std::move(shape), v);
+    }
+    void norm(const std::string& name, std::int64_t d) {
+        rnd(name + ".weight", {d}, 0.2f, 1.0f);
+        rnd(name + ".bias", {d}, 0.1f);
+    }
+};
+
+/// The language side of a visual-chat checkpoint (SPEC §9): r's LLaMa under lang_decoder.*, and a
+/// copy of its token embedding as lang_embed.weight.
+inline void add_visual_chat_language(random_tensor_list& t, const random_llama& r) {
+    for (const auto& kv : r.weights) {
+        if (kv.first == "model.embed_tokens.weight") t.put("lang_embed.weight", r.shapes.at(kv.first), kv.second);
+        t.put("lang_decoder." + kv.first, r.shapes.at(kv.first), kv.second);
+    }
+}
+
+/// A small QWen-VL ViT under vis_encoder.*: patch 14, width 32, a 3 x 3 position table (resized to
+/// the image's patch grid at load), 2 blocks with MLP width 48, and a resampler to 4 tokens of
+/// width E.
+inline void add_tiny_qwen_vit(random_tensor_list& t, std::int64_t E) {
+    const std::int64_t W = 32, M = 48, P = 14;
+    const std::string p = "vis_encoder.";
+    t.rnd(p + "conv1.weight", {W, 3, P, P}, 0.05f);
+    t.rnd(p + "positional_embedding", {9, W}, 0.5f);
+    t.norm(p + "ln_pre", W);
+    for (int l = 0; l < 2; ++l) {
+        const std::string b = p + "transformer.resblocks." + std::to_string(l) + ".";
+        t.norm(b + "ln_1", W);
+        t.norm(b + "ln_2", W);
+        t.rnd(b + "attn.in_proj.weight", {3 * W, W}, 0.1f);
+        t.rnd(b + "attn.in_proj.bias", {3 * W}, 0.1f);
+        t.rnd(b + "attn.out_proj.weight", {W, W}, 0.1f);
+        t.rnd(b + "attn.out_proj.bias", {W}, 0.1f);
+        t.rnd(b + "mlp.c_fc.weight", {M, W}, 0.1f);
+        t.rnd(b + "mlp.c_fc.bias", {M}, 0.1f);
+        t.rnd(b + "mlp.c_proj.weight", {W, M}, 0.1f);
+        t.rnd(b + "mlp.c_proj.bias", {W}, 0.1f);
+    }
+    t.rnd(p + "attn_pool.query", {4, E}, 0.5f);
+    t.rnd(p + "attn_pool.kv_proj.weight", {E, W}, 0.1f);
+    t.norm(p + "attn_pool.ln_q", E);
+    t.norm(p + "attn_pool.ln_kv", E);
+    t.rnd(p + "attn_pool.attn.in_proj_weight", {3 * E, E}, 0.1f);
+    t.rnd(p + "attn_pool.attn.in_proj_bias", {3 * E}, 0.1f);
+    t.rnd(p + "attn_pool.attn.out_proj.weight", {E, E}, 0.1f);
+    t.rnd(p + "attn_pool.attn.out_proj.bias", {E}, 0.1f);
+    t.norm(p + "ln_post", E);
+}
+
 }  // namespace mmca_test

@@ -27,61 +27,15 @@ std::string write_checkpoint() {
     auto r = mmca_test::make_random_llama(c, 7);
     dir = mmca_test::temp_path("trainer_ckpt");
     ::mkdir(dir.c_str(), 0755);
-    std::vector<mmca_test::st_tensor> t;
-    auto put = [&](const std::string& name, std::vector<std::int64_t> shape, std::vector<float> v) {
-        t.push_back({name, "F32", std::move(shape), mmca_test::float_bytes(v, "F32")});
-    };
-    for (const auto& kv : r.weights) {
-        std::string name = kv.first;
-        if (name == "model.embed_tokens.weight") put("lang_embed.weight", r.shapes.at(name), kv.second);
-        name = name.rfind("model.", 0) == 0 ? "lang_decoder." + name : "lang_decoder." + name;
-        put(name, r.shapes.at(kv.first), kv.second);
-    }
-    std::mt19937 gen(3);
-    std::normal_distribution<float> nd(0.0f, 1.0f);
-    auto rnd = [&](const std::string& name, std::vector<std::int64_t> shape, float s, float mean = 0.0f) {
-        std::int64_t n = 1;
-        for (auto d : shape) n *= d;
-        std::vector<float> v(static_cast<std::size_t>(n));
-        for (auto& x : v) x = mean + s * nd(gen);
-        put(name, std::move(shape), std::move(v));
-    };
-    const std::int64_t W = 32, E = 16, M = 48, P = 14, H = c.hidden_size;
-    const std::string p = "vis_encoder.";
-    auto norm = [&](const std::string& n, std::int64_t d) {
-        rnd(n + ".weight", {d}, 0.2f, 1.0f);
-        rnd(n + ".bias", {d}, 0.1f);
-    };
-    rnd(p + "conv1.weight", {W, 3, P, P}, 0.05f);
-    rnd(p + "positional_embedding", {9, W}, 0.5f);
-    norm(p + "ln_pre", W);
-    for (int l = 0; l < 2; ++l) {
-        const std::string b = p + "transformer.resblocks." + std::to_string(l) + ".";
-        norm(b + "ln_1", W);
-        norm(b + "ln_2", W);
-        rnd(b + "attn.in_proj.weight", {3 * W, W}, 0.1f);
-        rnd(b + "attn.in_proj.bias", {3 * W}, 0.1f);
-        rnd(b + "attn.out_proj.weight", {W, W}, 0.1f);
-        rnd(b + "attn.out_proj.bias", {W}, 0.1f);
-        rnd(b + "mlp.c_fc.weight", {M, W}, 0.1f);
-        rnd(b + "mlp.c_fc.bias", {M}, 0.1f);
-        rnd(b + "mlp.c_proj.weight", {W, M}, 0.1f);
-        rnd(b + "mlp.c_proj.bias", {W}, 0.1f);
-    }
-    rnd(p + "attn_pool.query", {4, E}, 0.5f);
-    rnd(p + "attn_pool.kv_proj.weight", {E, W}, 0.1f);
-    norm(p + "attn_pool.ln_q", E);
-    norm(p + "attn_pool.ln_kv", E);
-    rnd(p + "attn_pool.attn.in_proj_weight", {3 * E, E}, 0.1f);
-    rnd(p + "attn_pool.attn.in_proj_bias", {3 * E}, 0.1f);
-    rnd(p + "attn_pool.attn.out_proj.weight", {E, E}, 0.1f);
-    rnd(p + "attn_pool.attn.out_proj.bias", {E}, 0.1f);
-    norm(p + "ln_post", E);
-    rnd("projection.0.weight", {H, E}, 0.2f);
-    rnd("projection.0.bias", {H}, 0.1f);
-    rnd("projection.1.weight", {H}, 0.1f, 1.0f);
-    rnd("projection.1.bias", {H}, 0.1f);
-    mmca_test::write_safetensors(dir + "/model.safetensors", t);
+    mmca_test::random_tensor_list t(3);
+    mmca_test::add_visual_chat_language(t, r);
+    const std::int64_t E = 16, H = c.hidden_size;
+    mmca_test::add_tiny_qwen_vit(t, E);
+    t.rnd("projection.0.weight", {H, E}, 0.2f);
+    t.rnd("projection.0.bias", {H}, 0.1f);
+    t.rnd("projection.1.weight", {H}, 0.1f, 1.0f);
+    t.rnd("projection.1.bias", {H}, 0.1f);
+    mmca_test::write_safetensors(dir + "/model.safetensors", t.tensors);
     std::ofstream(dir + "/config.json") << mmca_test::config_json(c);
     return dir;
 }

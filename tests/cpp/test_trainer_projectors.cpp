@@ -36,85 +36,41 @@ const std::vector<mmca_test::st_tensor>& checkpoint_tensors(projector_kind kind)
     if (found != cache.end()) return found->second;
     const mmca::llama_config c = mmca_test::tiny_config();
     auto r = mmca_test::make_random_llama(c, 7);
-    std::vector<mmca_test::st_tensor> t;
-    auto put = [&](const std::string& name, std::vector<std::int64_t> shape, const std::vector<float>& v) {
-        t.push_back({name, "F32", std::move(shape), mmca_test::float_bytes(v, "F32")});
-    };
-    for (const auto& kv : r.weights) {
-        if (kv.first == "model.embed_tokens.weight") put("lang_embed.weight", r.shapes.at(kv.first), kv.second);
-        put("lang_decoder." + kv.first, r.shapes.at(kv.first), kv.second);
-    }
-    std::mt19937 gen(kind == projector_kind::vit ? 13u : 17u);
-    std::normal_distribution<float> nd(0.0f, 1.0f);
-    auto rnd = [&](const std::string& name, std::vector<std::int64_t> shape, float s, float mean = 0.0f) {
-        std::int64_t n = 1;
-        for (auto d : shape) n *= d;
-        std::vector<float> v(static_cast<std::size_t>(n));
-        for (auto& x : v) x = mean + s * nd(gen);
-        put(name, std::move(shape), v);
-    };
-    auto norm = [&](const std::string& n, std::int64_t d) {
-        rnd(n + ".weight", {d}, 0.2f, 1.0f);
-        rnd(n + ".bias", {d}, 0.1f);
-    };
-    const std::int64_t W = 32, E = kDv, M = 48, P = 14, H = c.hidden_size;
-    const std::string p = "vis_encoder.";
-    rnd(p + "conv1.weight", {W, 3, P, P}, 0.05f);
-    rnd(p + "positional_embedding", {9, W}, 0.5f);
-    norm(p + "ln_pre", W);
-    for (int l = 0; l < 2; ++l) {
-        const std::string b = p + "transformer.resblocks." + std::to_string(l) + ".";
-        norm(b + "ln_1", W);
-        norm(b + "ln_2", W);
-        rnd(b + "attn.in_proj.weight", {3 * W, W}, 0.1f);
-        rnd(b + "attn.in_proj.bias", {3 * W}, 0.1f);
-        rnd(b + "attn.out_proj.weight", {W, W}, 0.1f);
-        rnd(b + "attn.out_proj.bias", {W}, 0.1f);
-        rnd(b + "mlp.c_fc.weight", {M, W}, 0.1f);
-        rnd(b + "mlp.c_fc.bias", {M}, 0.1f);
-        rnd(b + "mlp.c_proj.weight", {W, M}, 0.1f);
-        rnd(b + "mlp.c_proj.bias", {W}, 0.1f);
-    }
-    rnd(p + "attn_pool.query", {4, E}, 0.5f);
-    rnd(p + "attn_pool.kv_proj.weight", {E, W}, 0.1f);
-    norm(p + "attn_pool.ln_q", E);
-    norm(p + "attn_pool.ln_kv", E);
-    rnd(p + "attn_pool.attn.in_proj_weight", {3 * E, E}, 0.1f);
-    rnd(p + "attn_pool.attn.in_proj_bias", {3 * E}, 0.1f);
-    rnd(p + "attn_pool.attn.out_proj.weight", {E, E}, 0.1f);
-    rnd(p + "attn_pool.attn.out_proj.bias", {E}, 0.1f);
-    norm(p + "ln_post", E);
+    mmca_test::random_tensor_list t(kind == projector_kind::vit ? 13u : 17u);
+    mmca_test::add_visual_chat_language(t, r);
+    const std::int64_t H = c.hidden_size;
+    mmca_test::add_tiny_qwen_vit(t, kDv);
     const std::string q = "projection.";
     if (kind == projector_kind::vit) {
         const std::string l = q + "vis_layer.";
-        norm(l + "layer_norm1", kDv);
+        t.norm(l + "layer_norm1", kDv);
         for (const char* proj : {"q_proj", "k_proj", "v_proj", "out_proj"}) {
-            rnd(l + "self_attn." + proj + ".weight", {kDv, kDv}, 0.25f);
-            rnd(l + "self_attn." + proj + ".bias", {kDv}, 0.1f);
+            t.rnd(l + "self_attn." + proj + ".weight", {kDv, kDv}, 0.25f);
+            t.rnd(l + "self_attn." + proj + ".bias", {kDv}, 0.1f);
         }
-        norm(l + "layer_norm2", kDv);
-        rnd(l + "mlp.fc1.weight", {kM, kDv}, 0.2f);
-        rnd(l + "mlp.fc1.bias", {kM}, 0.1f);
-        rnd(l + "mlp.fc2.weight", {kDv, kM}, 0.2f);
-        rnd(l + "mlp.fc2.bias", {kDv}, 0.1f);
-        rnd(q + "projection.0.weight", {H, kDv}, 0.2f);
-        rnd(q + "projection.0.bias", {H}, 0.1f);
-        norm(q + "projection.1", H);
+        t.norm(l + "layer_norm2", kDv);
+        t.rnd(l + "mlp.fc1.weight", {kM, kDv}, 0.2f);
+        t.rnd(l + "mlp.fc1.bias", {kM}, 0.1f);
+        t.rnd(l + "mlp.fc2.weight", {kDv, kM}, 0.2f);
+        t.rnd(l + "mlp.fc2.bias", {kDv}, 0.1f);
+        t.rnd(q + "projection.0.weight", {H, kDv}, 0.2f);
+        t.rnd(q + "projection.0.bias", {H}, 0.1f);
+        t.norm(q + "projection.1", H);
     } else {
-        rnd(q + "query", {kQ, H}, 0.5f);
-        put(q + "pos_embed", {kQ, H}, mmca::vision::sincos_2d(2, H));
-        rnd(q + "kv_proj.weight", {H, kDv}, 0.2f);
-        norm(q + "ln_q", H);
-        norm(q + "ln_kv", H);
-        rnd(q + "attn.in_proj_weight", {3 * H, H}, 0.2f);
-        rnd(q + "attn.in_proj_bias", {3 * H}, 0.1f);
-        rnd(q + "attn.out_proj.weight", {H, H}, 0.2f);
-        rnd(q + "attn.out_proj.bias", {H}, 0.1f);
-        norm(q + "projection.0", H);
-        rnd(q + "projection.1.weight", {H, H}, 0.2f);
-        rnd(q + "projection.1.bias", {H}, 0.1f);
+        t.rnd(q + "query", {kQ, H}, 0.5f);
+        t.put(q + "pos_embed", {kQ, H}, mmca::vision::sincos_2d(2, H));
+        t.rnd(q + "kv_proj.weight", {H, kDv}, 0.2f);
+        t.norm(q + "ln_q", H);
+        t.norm(q + "ln_kv", H);
+        t.rnd(q + "attn.in_proj_weight", {3 * H, H}, 0.2f);
+        t.rnd(q + "attn.in_proj_bias", {3 * H}, 0.1f);
+        t.rnd(q + "attn.out_proj.weight", {H, H}, 0.2f);
+        t.rnd(q + "attn.out_proj.bias", {H}, 0.1f);
+        t.norm(q + "projection.0", H);
+        t.rnd(q + "projection.1.weight", {H, H}, 0.2f);
+        t.rnd(q + "projection.1.bias", {H}, 0.1f);
     }
-    return cache[kind] = std::move(t);
+    return cache[kind] = std::move(t.tensors);
 }
 
 /// Writes a checkpoint folder of these tensors (with the LLaMa config.json).

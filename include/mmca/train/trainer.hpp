@@ -592,12 +592,16 @@ private:
             const std::int64_t n = static_cast<std::int64_t>(v.size());
             params_.add_view(prefix + name, {n}, own_vector(v), gv.data()).weight_decay = false;
         };
+        // Linear (Dv -> H) then LayerNorm: the baseline projector, and the vit projector's tail.
+        auto linear_then_norm = [&](const std::string& at) {
+            mat(at + "0.weight", pw.linear, g.linear);
+            vec(at + "0.bias", pw.linear_bias, g.linear_bias);
+            vec(at + "1.weight", pw.norm_w, g.norm_w);
+            vec(at + "1.bias", pw.norm_b, g.norm_b);
+        };
         switch (tower_->projector().kind()) {
             case vision::projector_kind::baseline:
-                mat("0.weight", pw.linear, g.linear);
-                vec("0.bias", pw.linear_bias, g.linear_bias);
-                vec("1.weight", pw.norm_w, g.norm_w);
-                vec("1.bias", pw.norm_b, g.norm_b);
+                linear_then_norm("");
                 break;
             case vision::projector_kind::vit: {
                 vision::encoder_layer_weights& L = pw.layer;
@@ -619,10 +623,7 @@ private:
                 vec(l + "mlp.fc1.bias", L.fc1_bias, G.fc1_bias);
                 mat(l + "mlp.fc2.weight", L.fc2, G.fc2);
                 vec(l + "mlp.fc2.bias", L.fc2_bias, G.fc2_bias);
-                mat("projection.0.weight", pw.linear, g.linear);
-                vec("projection.0.bias", pw.linear_bias, g.linear_bias);
-                vec("projection.1.weight", pw.norm_w, g.norm_w);
-                vec("projection.1.bias", pw.norm_b, g.norm_b);
+                linear_then_norm("projection.");
                 break;
             }
             case vision::projector_kind::perceiver: {
