@@ -179,14 +179,23 @@ def reference_tables(results, out):
             "-" if f is None else "%.0f×" % (r["seconds"] / f["seconds"])))
 
 
+def decode_ratio(entry, kv_read):
+    """Decode time over the time to stream its K and V once: the paired measurement of the decode
+    benchmark itself when it has one, else the separate kv_read benchmark."""
+    if "vs_read" in entry:
+        return entry["vs_read"]
+    return entry["seconds"] / kv_read["seconds"]
+
+
 def decode_tables(results, out):
     st = results["decode"]
     dec = index([e for e in st["entries"] if e["family"] == "decode"], "variant", "dtype", "layout", "threads")
     kv = index([e for e in st["entries"] if e["family"] == "kv_read"], "dtype", "threads")
     for threads in sorted({e["threads"] for e in st["entries"]}):
         out.append("\n**Decode step, %d thread%s**: Lq = 1, kv_cache of 4096 tokens, H32 D128; time in µs and, "
-                   "in brackets, its ratio to `kv_read` (one streaming pass over the same K and V bytes, "
-                   "same run; %s)\n" % (threads, "" if threads == 1 else "s", load_note(st)))
+                   "in brackets, its ratio to one streaming pass over the same K and V bytes run right after "
+                   "each step (`vs_read`; the `kv_read` row is that pass on its own; %s)\n"
+                   % (threads, "" if threads == 1 else "s", load_note(st)))
         out.append("| K/V storage | variant | " + " | ".join(LAYOUT_TEXT[l] for l in LAYOUTS) + " |")
         out.append("|---|---|" + "---|" * len(LAYOUTS))
         for d in DTYPES:
@@ -200,8 +209,8 @@ def decode_tables(results, out):
                     e = dec.get((v, d, l, threads))
                     if e is None:
                         cells.append("-")
-                    elif base:
-                        cells.append("%s (%.2f×)" % (us(e["seconds"]), e["seconds"] / base["seconds"]))
+                    elif "vs_read" in e or base:
+                        cells.append("%s (%.2f×)" % (us(e["seconds"]), decode_ratio(e, base)))
                     else:
                         cells.append(us(e["seconds"]))
                 out.append("| %s | %s | %s |" % (d, v, " | ".join(cells)))
@@ -279,12 +288,13 @@ def target_table(results, out):
             dec = [e for e in st if e["family"] == "decode" and e["dtype"] == d and e["threads"] == 1]
             if not base or not dec:
                 continue
-            worst = max(dec, key=lambda e: e["seconds"])
-            ratio = worst["seconds"] / base["seconds"]
+            worst = max(dec, key=lambda e: decode_ratio(e, base))
+            ratio = decode_ratio(worst, base)
+            read = worst.get("read_seconds", base["seconds"])
             out.append("| decode step (Lq=1, Lk=4096, %s K/V) within %.1f× of reading its K and V once, every "
                        "variant and layout | worst: %s on %s, %s µs vs %s µs: %.2f× | %s |" % (
                            d, TARGET_DECODE_RATIO, worst["variant"], worst["layout"], us(worst["seconds"]),
-                           us(base["seconds"]), ratio, verdict(ratio <= TARGET_DECODE_RATIO)))
+                           us(read), ratio, verdict(ratio <= TARGET_DECODE_RATIO)))
 
 
 def on_cpu_clock(results):

@@ -268,7 +268,7 @@ def run_bench(bench, filter_regex, repetitions=1, extra=()):
         entry = parse_bench_name(b.get("run_name", b["name"]))
         entry["seconds"] = b["real_time"] * unit
         entry["cpu_seconds"] = b["cpu_time"] * unit  # of the calling thread only
-        for key in ("GFLOPS", "useful_GFLOP", "bytes_per_second"):
+        for key in ("GFLOPS", "useful_GFLOP", "bytes_per_second", "read_seconds", "vs_read"):
             if key in b:
                 entry[key] = b[key]
         entries.append(entry)

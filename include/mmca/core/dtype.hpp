@@ -6,7 +6,7 @@
 
 #include <Eigen/Core>
 
-#if defined(__F16C__) || defined(__AVX2__)
+#if defined(__F16C__) || defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -77,6 +77,42 @@ inline void to_float(const T* src, float* dst, std::int64_t n) {
 #endif
     }
     for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+/// The float32 SIMD packet of Eigen's build (8 lanes on AVX2, 16 on AVX-512).
+using float_packet = Eigen::internal::packet_traits<float>::type;
+inline constexpr int float_packet_size = Eigen::internal::packet_traits<float>::size;
+
+/// One float_packet of consecutive elements of a storage type starting at p, widened exactly in
+/// registers (no round trip through memory where the compiler targets F16C / AVX2 / AVX-512).
+template <class T>
+inline float_packet load_float_packet(const T* p) {
+    static_assert(is_storage_type_v<T>, "mmca: storage type must be float, float16 or bfloat16");
+    if constexpr (std::is_same_v<T, float>) {
+        return Eigen::internal::ploadu<float_packet>(p);
+    } else {
+#if defined(__AVX512F__)
+        if constexpr (float_packet_size == 16) {
+            const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+            if constexpr (std::is_same_v<T, bfloat16>)
+                return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+            else
+                return _mm512_cvtph_ps(raw);
+        }
+#endif
+#if defined(__AVX2__) && defined(__F16C__)
+        if constexpr (float_packet_size == 8) {
+            const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+            if constexpr (std::is_same_v<T, bfloat16>)
+                return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+            else
+                return _mm256_cvtph_ps(raw);
+        }
+#endif
+        float wide[float_packet_size];
+        to_float(p, wide, float_packet_size);
+        return Eigen::internal::ploadu<float_packet>(wide);
+    }
 }
 
 /// Narrows n float32 values to a storage type (round to nearest even).

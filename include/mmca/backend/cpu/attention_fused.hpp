@@ -11,7 +11,9 @@
 //   acc_g += P_gᵀ · V_block                        register-blocked micro-kernel (8 rows × 2 packets)
 // Key blocks that no row of the tile can see are skipped (prefix counts of token types decide),
 // and S^T is not computed for blocks that only uniform groups touch. No (L, L) buffer exists.
-// Tiles of at most 8 rows (decode steps) read each K and V row once: dot products and axpys.
+// Tiles of at most 8 rows (decode steps) read each K and V row once: dot products and axpys,
+// software-pipelined so that the K rows of one block and the V rows of the block before stream
+// together (decode_tile).
 #pragma once
 
 #include "mmca/attention/problem.hpp"
@@ -41,8 +43,8 @@ struct fused_attention_config {
 
 namespace detail {
 
-using packet = Eigen::internal::packet_traits<float>::type;
-constexpr int packet_size = Eigen::internal::packet_traits<float>::size;
+using packet = float_packet;
+constexpr int packet_size = float_packet_size;
 using aligned_floats = std::vector<float, Eigen::aligned_allocator<float>>;
 
 inline std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
@@ -339,51 +341,228 @@ inline void softmax_block(const float* St, float* Pt, std::int64_t n, std::int64
         }
 }
 
-/// A key block for a tile of at most 8 query rows (a decode step): memory-bound, so K and V rows are
-/// each read once, widened row by row into an L1 buffer, and used for every query row of the tile
-/// (dot products for the scores, axpy for the values).
+/// Float copies of the key metadata of one block, padded to whole packets: position (-1 in the
+/// padding, so no range holds it), token type and image index.
+inline void block_key_info(const sequence_index& seq, std::int64_t k0, std::int64_t n, std::int64_t np, float* pos,
+                           float* type, float* id) {
+    for (std::int64_t x = 0; x < np; ++x) {
+        const bool real = x < n;
+        pos[x] = real ? static_cast<float>(k0 + x) : -1.0f;
+        type[x] = real ? static_cast<float>(seq.types[k0 + x]) : 0.0f;
+        id[x] = real ? static_cast<float>(seq.image_ids[k0 + x]) : -1.0f;
+    }
+}
+
+/// All-ones bits in the keys x .. x + packet_size of a block that belong to group g (keys across
+/// lanes, the transpose of lane_members).
+inline packet key_members(const key_group& g, const float* pos, const float* type, const float* id, std::int64_t x) {
+    using namespace Eigen::internal;
+    const packet kpos = ploadu<packet>(pos + x), ktype = ploadu<packet>(type + x), kid = ploadu<packet>(id + x);
+    const packet none = pcmp_lt(kpos, kpos);
+    packet member = none;
+    for (int r = 0; r < g.ranges; ++r) {
+        const key_range& kr = g.range[r];
+        packet in = pand(pcmp_le(pset1<packet>(static_cast<float>(kr.lo)), kpos),
+                         pcmp_le(kpos, pset1<packet>(static_cast<float>(kr.hi))));
+        packet typed = none;
+        for (int t = 1; t < 3; ++t)
+            if ((kr.types >> t) & 1u) typed = por(typed, pcmp_eq(ktype, pset1<packet>(static_cast<float>(t))));
+        in = pand(in, typed);
+        if (kr.image_id >= 0) in = pand(in, pcmp_eq(kid, pset1<packet>(static_cast<float>(kr.image_id))));
+        member = por(member, in);
+    }
+    return member;
+}
+
+/// Σ_d a[d]·b[d] over Dp (a multiple of one packet) elements; a may be in storage type.
+template <class T>
+inline float dot_packets(const T* a, const float* b, std::int64_t Dp) {
+    using namespace Eigen::internal;
+    packet s0 = pset1<packet>(0.0f), s1 = s0;
+    std::int64_t d = 0;
+    for (; d + 2 * packet_size <= Dp; d += 2 * packet_size) {
+        s0 = pmadd(load_float_packet(a + d), ploadu<packet>(b + d), s0);
+        s1 = pmadd(load_float_packet(a + d + packet_size), ploadu<packet>(b + d + packet_size), s1);
+    }
+    if (d < Dp) s0 = pmadd(load_float_packet(a + d), ploadu<packet>(b + d), s0);
+    return predux(padd(s0, s1));
+}
+
+/// acc[d] += weight · row[d] over Dp (a multiple of one packet) elements; row may be in storage type.
+template <class T>
+inline void axpy_packets(float weight, const T* row, float* acc, std::int64_t Dp) {
+    using namespace Eigen::internal;
+    const packet c = pset1<packet>(weight);
+    for (std::int64_t d = 0; d < Dp; d += packet_size)
+        pstoreu(acc + d, pmadd(c, load_float_packet(row + d), ploadu<packet>(acc + d)));
+}
+
+/// Asks for the cache lines of `bytes` bytes from p ahead of their use.
+inline void prefetch_row(const void* p, std::int64_t bytes) {
+    const char* c = static_cast<const char*>(p);
+    for (std::int64_t o = 0; o < bytes; o += 64) Eigen::internal::prefetch(c + o);
+}
+
+/// The float32 row r of a (b, h) slice of K or V with Dp readable floats: in place for float storage
+/// with D == Dp, else widened (and zero-padded) into buf.
 template <class KV>
-void decode_block(const tensor_ref<const KV, 4>& k, const tensor_ref<const KV, 4>& v, std::int64_t b, std::int64_t hk,
-                  std::int64_t k0, std::int64_t n, std::int64_t D, std::int64_t M, std::int64_t ldm, bool need_scores,
-                  const bool* used, const bool* masked, fused_scratch& w, const sequence_index& seq, std::int64_t Dp) {
-    using vec = Eigen::Map<const Eigen::VectorXf>;
-    w.kbuf.resize(static_cast<std::size_t>(Dp));
-    std::fill(w.st.begin(), w.st.begin() + n * ldm, 0.0f);
-    if (need_scores) {
-        for (std::int64_t x = 0; x < n; ++x) {
-            const float* row;
-            if constexpr (std::is_same_v<KV, float>) {
-                row = k.ptr(b, hk, k0 + x);
-            } else {
-                to_float(k.ptr(b, hk, k0 + x), w.kbuf.data(), D);
-                row = w.kbuf.data();
+const float* float_row(const tensor_ref<const KV, 4>& t, std::int64_t b, std::int64_t h, std::int64_t r,
+                       std::int64_t D, std::int64_t Dp, float* buf) {
+    if constexpr (std::is_same_v<KV, float>) {
+        if (D == Dp) return t.ptr(b, h, r);
+    }
+    to_float(t.ptr(b, h, r), buf, D);
+    std::fill(buf + D, buf + Dp, 0.0f);
+    return buf;
+}
+
+/// One online-softmax step of the rows of a decode tile over a key block whose scores are in st
+/// (M rows of stride Bk, keys across lanes, -inf past the block's n keys): masks, new maxima, the
+/// rescale of acc and sum, and the weights into pt (M rows of stride Bk).
+inline void decode_softmax(const float* st, float* const* pt, std::int64_t k0, std::int64_t n, std::int64_t M,
+                           std::int64_t Bk, const block_use& use, const row_plan* const* row_plans, fused_scratch& w,
+                           const sequence_index& seq, std::int64_t Dp) {
+    using namespace Eigen::internal;
+    const std::int64_t np = round_up(n, packet_size);
+    const packet neg_inf = pset1<packet>(-std::numeric_limits<float>::infinity());
+    const packet zero = pset1<packet>(0.0f);
+    const bool any_masked = (use.used[0] && use.masked[0]) || (use.used[1] && use.masked[1]);
+    float* pos = w.block_max.data();
+    float* type = pos + Bk;
+    float* id = type + Bk;
+    if (any_masked) block_key_info(seq, k0, n, np, pos, type, id);
+    for (int g = 0; g < 2; ++g) {
+        if (!use.used[g]) continue;
+        for (std::int64_t m = 0; m < M; ++m) {
+            const key_group& grp = row_plans[m]->group[g];
+            float* p = pt[g] + m * Bk;
+            if (grp.empty()) {
+                std::fill(p, p + np, 0.0f);
+                continue;
             }
-            for (std::int64_t m = 0; m < M; ++m) w.st[x * ldm + m] = vec(row, D).dot(vec(w.qrows.data() + m * Dp, D));
+            const float* s = st + m * Bk;
+            packet bmax = neg_inf;
+            for (std::int64_t x = 0; x < np; x += packet_size) {
+                packet sx = ploadu<packet>(s + x);
+                if (grp.uniform) sx = pselect(pcmp_eq(sx, neg_inf), neg_inf, zero);
+                if (use.masked[g]) sx = pselect(key_members(grp, pos, type, id, x), sx, neg_inf);
+                pstoreu(p + x, sx);
+                bmax = pmax(bmax, sx);
+            }
+            const float old_max = w.mx[g][m];
+            const float new_max = std::max(old_max, predux_max(bmax));
+            const float shift = new_max == -std::numeric_limits<float>::infinity() ? 0.0f : new_max;
+            const float alpha = std::exp(old_max - shift);  // 0 when old_max = -inf
+            w.mx[g][m] = new_max;
+            if (alpha != 1.0f) {
+                w.sum[g][m] *= alpha;
+                float* a = w.acc[g].data() + m * Dp;
+                for (std::int64_t d = 0; d < Dp; ++d) a[d] *= alpha;
+            }
+            const packet sh = pset1<packet>(shift);
+            packet total = zero;
+            for (std::int64_t x = 0; x < np; x += packet_size) {
+                const packet sx = ploadu<packet>(p + x);
+                const packet e = pselect(pcmp_eq(sx, neg_inf), zero, pexp(psub(sx, sh)));
+                pstoreu(p + x, e);
+                total = padd(total, e);
+            }
+            w.sum[g][m] += predux(total);
         }
     }
-    for (int g = 0; g < 2; ++g)
-        if (used[g])
-            softmax_block(w.st.data(), w.pt[g].data(), n, ldm, masked[g], w.lanes[g], seq, k0, w.mx[g].data(),
-                          w.sum[g].data(), w.block_max.data(), w.acc[g].data(), Dp);
-    for (std::int64_t x = 0; x < n; ++x) {
-        bool any = false;
-        for (int g = 0; g < 2; ++g)
-            for (std::int64_t m = 0; m < M && used[g]; ++m) any |= w.pt[g][x * ldm + m] != 0.0f;
-        if (!any) continue;
-        const float* row;
-        if constexpr (std::is_same_v<KV, float>) {
-            row = v.ptr(b, hk, k0 + x);
-        } else {
-            to_float(v.ptr(b, hk, k0 + x), w.kbuf.data(), D);
-            row = w.kbuf.data();
+}
+
+/// Every key block of a tile of at most 8 query rows (a decode step, or the last rows of a chunk).
+/// Memory-bound: each K and V row is read once and used by every row of the tile. The blocks are
+/// software-pipelined so that K and V stream together: while the scores of block j are computed,
+/// V of block j-1 (whose weights are known) is accumulated; the softmax of block j then rescales
+/// acc, which already holds every block before j. Scores and weights are kept per row with keys
+/// across SIMD lanes (rows of stride Bk), so masks, maxima and exponentials take one packet per
+/// packet_size keys.
+template <class KV>
+void decode_tile(const tensor_ref<const KV, 4>& k, const tensor_ref<const KV, 4>& v, const fused_plan& fp,
+                 const tile_desc& tile, std::int32_t lo, std::int32_t hi, std::int64_t Bk, std::int64_t D,
+                 std::int64_t Dp, std::int64_t M, const row_plan* const* row_plans, fused_scratch& w) {
+    using namespace Eigen::internal;
+    const std::int64_t b = tile.batch, hk = tile.kv_head;
+    const sequence_index& seq = fp.index[b];
+    w.kbuf.resize(static_cast<std::size_t>(Dp));
+    w.vbuf.resize(static_cast<std::size_t>(Dp));
+    w.block_max.resize(static_cast<std::size_t>(3 * Bk));
+    w.st.resize(static_cast<std::size_t>(M * Bk));
+    for (auto& pt : w.pt) pt.resize(static_cast<std::size_t>(2 * M * Bk));  // two blocks in flight
+
+    struct block {
+        std::int64_t k0 = 0, n = 0;  // n = 0: nothing to accumulate
+        block_use use;
+    };
+    block prev;
+    int parity = 0;
+    // A single row reads K and V in place, widening in registers; several rows widen each K/V row
+    // once into an L1 buffer.
+    const bool direct = M == 1 && D == Dp;
+    // Rows are asked for a few rows ahead of use: the cores' own prefetchers leave part of the
+    // bandwidth of two interleaved streams unused while the widening and FMAs run.
+    constexpr std::int64_t prefetch_rows = 8;
+    const std::int64_t row_bytes = D * static_cast<std::int64_t>(sizeof(KV));
+    for (std::int64_t k0 = (lo / Bk) * Bk;; k0 += Bk) {
+        block cur;
+        if (k0 <= hi) {
+            cur.k0 = k0;
+            cur.use = classify_block(fp, tile, static_cast<std::int32_t>(k0),
+                                     static_cast<std::int32_t>(std::min<std::int64_t>(k0 + Bk, seq.length)));
+            if (cur.use.any()) cur.n = std::min<std::int64_t>(Bk, seq.length - k0);
+        } else if (prev.n == 0) {
+            break;
         }
-        for (int g = 0; g < 2; ++g) {
-            if (!used[g]) continue;
-            for (std::int64_t m = 0; m < M; ++m) {
-                const float p = w.pt[g][x * ldm + m];
-                if (p != 0.0f) Eigen::Map<Eigen::VectorXf>(w.acc[g].data() + m * Dp, D) += p * vec(row, D);
+        float* st = w.st.data();
+        const std::int64_t np = round_up(cur.n, packet_size);
+        for (std::int64_t m = 0; m < M; ++m) {
+            std::fill(st + m * Bk + cur.n, st + m * Bk + np, -std::numeric_limits<float>::infinity());
+            if (!cur.use.need_scores) std::fill(st + m * Bk, st + m * Bk + cur.n, 0.0f);
+        }
+        float* prev_pt[2] = {w.pt[0].data() + (parity ^ 1) * M * Bk, w.pt[1].data() + (parity ^ 1) * M * Bk};
+        const std::int64_t n_scores = cur.use.need_scores ? cur.n : 0;
+        for (std::int64_t x = 0; x < std::max(n_scores, prev.n); ++x) {
+            if (x + prefetch_rows < n_scores) prefetch_row(k.ptr(b, hk, cur.k0 + x + prefetch_rows), row_bytes);
+            if (x + prefetch_rows < prev.n) prefetch_row(v.ptr(b, hk, prev.k0 + x + prefetch_rows), row_bytes);
+            if (x < n_scores) {
+                if (direct) {  // one row: widen in registers
+                    st[x] = dot_packets(k.ptr(b, hk, cur.k0 + x), w.qrows.data(), Dp);
+                } else {  // several rows: widen once
+                    const float* row = float_row(k, b, hk, cur.k0 + x, D, Dp, w.kbuf.data());
+                    for (std::int64_t m = 0; m < M; ++m)
+                        st[m * Bk + x] = dot_packets(row, w.qrows.data() + m * Dp, Dp);
+                }
+            }
+            if (x < prev.n) {
+                bool any = false;
+                for (int g = 0; g < 2; ++g)
+                    for (std::int64_t m = 0; m < M && prev.use.used[g]; ++m) any |= prev_pt[g][m * Bk + x] != 0.0f;
+                if (!any) continue;
+                if (direct) {
+                    const KV* row = v.ptr(b, hk, prev.k0 + x);
+                    for (int g = 0; g < 2; ++g)
+                        if (prev.use.used[g] && prev_pt[g][x] != 0.0f)
+                            axpy_packets(prev_pt[g][x], row, w.acc[g].data(), Dp);
+                    continue;
+                }
+                const float* row = float_row(v, b, hk, prev.k0 + x, D, Dp, w.vbuf.data());
+                for (int g = 0; g < 2; ++g) {
+                    if (!prev.use.used[g]) continue;
+                    for (std::int64_t m = 0; m < M; ++m) {
+                        const float weight = prev_pt[g][m * Bk + x];
+                        if (weight != 0.0f) axpy_packets(weight, row, w.acc[g].data() + m * Dp, Dp);
+                    }
+                }
             }
         }
+        if (cur.n > 0) {
+            float* cur_pt[2] = {w.pt[0].data() + parity * M * Bk, w.pt[1].data() + parity * M * Bk};
+            decode_softmax(st, cur_pt, cur.k0, cur.n, M, Bk, cur.use, row_plans, w, seq, Dp);
+        }
+        prev = cur;
+        parity ^= 1;
     }
 }
 
@@ -463,19 +642,27 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
             w.acc[g].assign(static_cast<std::size_t>(ldm * Dp), 0.0f);
             w.mx[g].assign(ldm, neg_inf);
             w.sum[g].assign(ldm, 0.0f);
+            if (small) continue;
             fill_lanes(w.lanes[g], ldm);
             for (std::int64_t m = 0; m < M; ++m) set_lane(w.lanes[g], m, plan_of(m).group[g]);
         }
-        w.block_max.resize(ldm);
+        const row_plan* row_plans[8] = {};
+        if (small)
+            for (std::int64_t m = 0; m < M; ++m) row_plans[m] = &plan_of(m);
 
         // The key range any row of the tile can see.
         std::int32_t lo = 0, hi = -1;
         tile_key_span(fp, tile, &lo, &hi);
 
-        const std::int32_t Bk = small ? std::max(config.key_block, 512) : config.key_block;
-        w.st.resize(static_cast<std::size_t>(Bk * ldm));
-        for (auto& pt : w.pt) pt.resize(static_cast<std::size_t>(Bk * ldm));
-        for (std::int32_t k0 = (lo / Bk) * Bk; k0 <= hi; k0 += Bk) {
+        const auto Bk = static_cast<std::int32_t>(small ? round_up(std::max(config.key_block, 512), packet_size) : config.key_block);
+        if (small) {
+            decode_tile(k, v, fp, tile, lo, hi, Bk, D, Dp, M, row_plans, w);
+        } else {
+            w.block_max.resize(static_cast<std::size_t>(ldm));
+            w.st.resize(static_cast<std::size_t>(Bk * ldm));
+            for (auto& pt : w.pt) pt.resize(static_cast<std::size_t>(Bk * ldm));
+        }
+        for (std::int32_t k0 = (lo / Bk) * Bk; k0 <= hi && !small; k0 += Bk) {
             const std::int32_t k1 = std::min(k0 + Bk, seq.length), n = k1 - k0;
             // Classify the block for every row position (heads share the classification).
             const block_use use = classify_block(fp, tile, k0, k1);
@@ -484,10 +671,6 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
             const bool* masked = use.masked;
             const bool need_scores = use.need_scores;
 
-            if (small) {
-                decode_block(k, v, b, hk, k0, n, D, M, ldm, need_scores, used, masked, w, seq, Dp);
-                continue;
-            }
             std::int64_t ks = 0, vs = 0;
             const float* kb = need_scores ? block_rows(k, b, hk, k0, n, D, Dp, w.kbuf, &ks) : nullptr;
             const float* vb = block_rows(v, b, hk, k0, n, D, Dp, w.vbuf, &vs);
