@@ -1,8 +1,10 @@
 // tests/cpp/test_attention_fused.cpp - the fused CPU kernel against the explicit-mask reference
 // (and the reference against the tests' own SPEC oracle) over random shapes and token patterns.
 //
-// Shapes are chosen to hit the kernel's structure: key blocks of 128 (512 and Eigen products when a
-// tile has <= 8 rows: decode-like calls), partial last blocks, tiles of 128 / G rows over several
+// Shapes are chosen to hit the kernel's structure: key blocks of 128 (512 when a tile has <= 8 rows:
+// decode-like calls, one row reading K/V in place, several rows widening each row once; blocks
+// pipelined so that one block's V is summed while the next block's scores are computed), partial
+// last blocks, tiles of 128 / G rows over several
 // tiles (the last one often small), GQA groups of 2 and 8, head dims 64 / 80 / 104 / 128 plus odd
 // ones (37, 5: padded to whole SIMD packets), batches of different lengths (one empty) and query
 // rows that are only the suffix of the keys. Results must not depend on the SIMD width: build the
@@ -83,6 +85,10 @@ std::vector<fused_case> fused_cases() {
         {"decode_kv_lens_only", 2, 2, 1, 64, 1, 90, {90, 33}, {}, {pk::consecutive_images, pk::leading_image}, true,
          0.0f, 1.0f, 33},
         {"decode_Lk600_gqa81_D128", 1, 8, 1, 128, 1, 600, {}, {}, {pk::consecutive_images}, true, 0.0f, 1.0f, 28},
+        {"decode_Lk1300_D80_one_row_three_blocks", 2, 2, 2, 80, 1, 1300, {1300, 1030}, {1, 1},
+         {pk::interleaved, pk::consecutive_images}, true, 0.0f, 1.0f, 40},
+        {"decode_Lk900_D37_odd_head_dim", 1, 4, 2, 37, 1, 900, {}, {}, {pk::leading_image}, true, 0.0f, 1.0f, 41},
+        {"decode_Lk800_D36_one_row_padded", 1, 2, 2, 36, 1, 800, {}, {}, {pk::interleaved}, true, 0.0f, 1.0f, 42},
         {"Lq8_Lk1100_small_tile_three_blocks", 1, 2, 2, 64, 8, 1100, {}, {}, {pk::interleaved}, true, 0.0f, 1.0f, 29},
         {"L200_sharp_scores_scale1", 1, 2, 2, 64, 200, 200, {}, {}, {pk::interleaved}, true, 1.0f, 2.0f, 30},
         {"B2_second_sequence_empty", 2, 2, 1, 64, 20, 20, {20, 0}, {20, 0}, {pk::interleaved, pk::text_only}, true,
@@ -201,7 +207,8 @@ std::vector<fused_case> storage_cases() {
     for (const auto& c : all)
         if (c.name == "L33_D104_gqa42_two_lengths" || c.name == "L70_D128_gqa81_interleaved" ||
             c.name == "Lk150_Lq40_suffix_queries" || c.name == "decode_Lk700_two_key_blocks" ||
-            c.name == "L60_interior_pad")
+            c.name == "L60_interior_pad" || c.name == "decode_Lk1300_D80_one_row_three_blocks" ||
+            c.name == "decode_Lk900_D37_odd_head_dim" || c.name == "decode_Lk800_D36_one_row_padded")
             picked.push_back(c);
     return picked;
 }
