@@ -388,6 +388,41 @@ inline float dot_packets(const T* a, const float* b, std::int64_t Dp) {
     return predux(padd(s0, s1));
 }
 
+/// out[0] = Σ_d a0[d]·b[d], out[1] = Σ_d a1[d]·b[d] over Dp (a multiple of one packet) elements,
+/// each packet of b loaded once; a0 and a1 may be in storage type.
+template <class T>
+inline void dot2_packets(const T* a0, const T* a1, const float* b, std::int64_t Dp, float* out) {
+    using namespace Eigen::internal;
+    packet s0 = pset1<packet>(0.0f), s1 = s0, t0 = s0, t1 = s0;
+    std::int64_t d = 0;
+    for (; d + 2 * packet_size <= Dp; d += 2 * packet_size) {
+        const packet b0 = ploadu<packet>(b + d), b1 = ploadu<packet>(b + d + packet_size);
+        s0 = pmadd(load_float_packet(a0 + d), b0, s0);
+        t0 = pmadd(load_float_packet(a1 + d), b0, t0);
+        s1 = pmadd(load_float_packet(a0 + d + packet_size), b1, s1);
+        t1 = pmadd(load_float_packet(a1 + d + packet_size), b1, t1);
+    }
+    if (d < Dp) {
+        const packet b0 = ploadu<packet>(b + d);
+        s0 = pmadd(load_float_packet(a0 + d), b0, s0);
+        t0 = pmadd(load_float_packet(a1 + d), b0, t0);
+    }
+    out[0] = predux(padd(s0, s1));
+    out[1] = predux(padd(t0, t1));
+}
+
+/// acc[d] += w0 · row0[d] + w1 · row1[d] over Dp (a multiple of one packet) elements, acc loaded
+/// and stored once for both rows; the rows may be in storage type.
+template <class T>
+inline void axpy2_packets(float w0, const T* row0, float w1, const T* row1, float* acc, std::int64_t Dp) {
+    using namespace Eigen::internal;
+    const packet c0 = pset1<packet>(w0), c1 = pset1<packet>(w1);
+    for (std::int64_t d = 0; d < Dp; d += packet_size) {
+        const packet a = pmadd(c0, load_float_packet(row0 + d), ploadu<packet>(acc + d));
+        pstoreu(acc + d, pmadd(c1, load_float_packet(row1 + d), a));
+    }
+}
+
 /// acc[d] += weight · row[d] over Dp (a multiple of one packet) elements; row may be in storage type.
 template <class T>
 inline void axpy_packets(float weight, const T* row, float* acc, std::int64_t Dp) {
@@ -523,39 +558,61 @@ void decode_tile(const tensor_ref<const KV, 4>& k, const tensor_ref<const KV, 4>
         }
         float* prev_pt[2] = {w.pt[0].data() + (parity ^ 1) * M * Bk, w.pt[1].data() + (parity ^ 1) * M * Bk};
         const std::int64_t n_scores = cur.use.need_scores ? cur.n : 0;
-        for (std::int64_t x = 0; x < std::max(n_scores, prev.n); ++x) {
-            if (x + prefetch_rows < n_scores) prefetch_row(k.ptr(b, hk, cur.k0 + x + prefetch_rows), row_bytes);
-            if (x + prefetch_rows < prev.n) prefetch_row(v.ptr(b, hk, prev.k0 + x + prefetch_rows), row_bytes);
-            if (x < n_scores) {
-                if (direct) {  // one row: widen in registers
-                    st[x] = dot_packets(k.ptr(b, hk, cur.k0 + x), w.qrows.data(), Dp);
+        // Scores of keys x, x + 1 of the current block (count 1 or 2).
+        auto score_keys = [&](std::int64_t x, std::int64_t count) {
+            if (direct && count == 2) {  // one row: widen in registers, q read once for both keys
+                dot2_packets(k.ptr(b, hk, cur.k0 + x), k.ptr(b, hk, cur.k0 + x + 1), w.qrows.data(), Dp, st + x);
+                return;
+            }
+            for (std::int64_t j = x; j < x + count; ++j) {
+                if (direct) {
+                    st[j] = dot_packets(k.ptr(b, hk, cur.k0 + j), w.qrows.data(), Dp);
                 } else {  // several rows: widen once
-                    const float* row = float_row(k, b, hk, cur.k0 + x, D, Dp, w.kbuf.data());
-                    for (std::int64_t m = 0; m < M; ++m)
-                        st[m * Bk + x] = dot_packets(row, w.qrows.data() + m * Dp, Dp);
+                    const float* row = float_row(k, b, hk, cur.k0 + j, D, Dp, w.kbuf.data());
+                    for (std::int64_t m = 0; m < M; ++m) st[m * Bk + j] = dot_packets(row, w.qrows.data() + m * Dp, Dp);
                 }
             }
-            if (x < prev.n) {
+        };
+        // V of keys x, x + 1 of the previous block into the accumulators (rows nobody weighs are
+        // not read).
+        auto add_values = [&](std::int64_t x, std::int64_t count) {
+            if (direct) {
+                const KV* row0 = v.ptr(b, hk, prev.k0 + x);
+                const KV* row1 = count == 2 ? v.ptr(b, hk, prev.k0 + x + 1) : nullptr;
+                for (int g = 0; g < 2; ++g) {
+                    if (!prev.use.used[g]) continue;
+                    const float w0 = prev_pt[g][x], w1 = count == 2 ? prev_pt[g][x + 1] : 0.0f;
+                    if (w0 != 0.0f && w1 != 0.0f)
+                        axpy2_packets(w0, row0, w1, row1, w.acc[g].data(), Dp);
+                    else if (w0 != 0.0f)
+                        axpy_packets(w0, row0, w.acc[g].data(), Dp);
+                    else if (w1 != 0.0f)
+                        axpy_packets(w1, row1, w.acc[g].data(), Dp);
+                }
+                return;
+            }
+            for (std::int64_t j = x; j < x + count; ++j) {
                 bool any = false;
                 for (int g = 0; g < 2; ++g)
-                    for (std::int64_t m = 0; m < M && prev.use.used[g]; ++m) any |= prev_pt[g][m * Bk + x] != 0.0f;
+                    for (std::int64_t m = 0; m < M && prev.use.used[g]; ++m) any |= prev_pt[g][m * Bk + j] != 0.0f;
                 if (!any) continue;
-                if (direct) {
-                    const KV* row = v.ptr(b, hk, prev.k0 + x);
-                    for (int g = 0; g < 2; ++g)
-                        if (prev.use.used[g] && prev_pt[g][x] != 0.0f)
-                            axpy_packets(prev_pt[g][x], row, w.acc[g].data(), Dp);
-                    continue;
-                }
-                const float* row = float_row(v, b, hk, prev.k0 + x, D, Dp, w.vbuf.data());
+                const float* row = float_row(v, b, hk, prev.k0 + j, D, Dp, w.vbuf.data());
                 for (int g = 0; g < 2; ++g) {
                     if (!prev.use.used[g]) continue;
                     for (std::int64_t m = 0; m < M; ++m) {
-                        const float weight = prev_pt[g][m * Bk + x];
+                        const float weight = prev_pt[g][m * Bk + j];
                         if (weight != 0.0f) axpy_packets(weight, row, w.acc[g].data() + m * Dp, Dp);
                     }
                 }
             }
+        };
+        for (std::int64_t x = 0; x < std::max(n_scores, prev.n); x += 2) {
+            for (std::int64_t j = x; j < x + 2; ++j) {
+                if (j + prefetch_rows < n_scores) prefetch_row(k.ptr(b, hk, cur.k0 + j + prefetch_rows), row_bytes);
+                if (j + prefetch_rows < prev.n) prefetch_row(v.ptr(b, hk, prev.k0 + j + prefetch_rows), row_bytes);
+            }
+            if (x < n_scores) score_keys(x, std::min<std::int64_t>(2, n_scores - x));
+            if (x < prev.n) add_values(x, std::min<std::int64_t>(2, prev.n - x));
         }
         if (cur.n > 0) {
             float* cur_pt[2] = {w.pt[0].data() + parity * M * Bk, w.pt[1].data() + parity * M * Bk};
