@@ -111,6 +111,7 @@ def run_stage(stage, args, bench):
         entries, context = ta.run_bench(bench, stage_filter(stage, args.seq_lens, args.threads), reps)
         data = {"entries": entries, "context": {k: context.get(k) for k in ("date", "host_name", "num_cpus",
                                                                            "mhz_per_cpu", "library_build_type")}}
+    data["commit"] = machine_info()["commit"]
     data["load_before"] = load_before
     data["load_after"] = os.getloadavg()[0]
     data["started"] = started
@@ -133,8 +134,11 @@ def index(entries, *keys):
 
 
 def load_note(stage):
-    return "load average %.2f before, %.2f after; started %s" % (stage["load_before"], stage["load_after"],
+    note = "load average %.2f before, %.2f after; started %s" % (stage["load_before"], stage["load_after"],
                                                                 stage["started"])
+    if stage.get("commit"):
+        note += "; mmca commit %s" % stage["commit"]
+    return note
 
 
 def peak_gflops(results, threads):
@@ -320,7 +324,8 @@ def on_cpu_clock(results):
 def render(results, clock="real"):
     info = results.get("machine", machine_info())
     out = [BEGIN, "",
-           "Measured on: %s (%s, %d cores), Linux %s, mmca commit %s. Load averages are the 1-minute figures "
+           "Measured on: %s (%s, %d cores), Linux %s, mmca commit %s (of the latest stage run; stages run "
+           "since their commit was recorded name their own). Load averages are the 1-minute figures "
            "of the machine (other processes included) around each stage." % (
                info["cpu"], info["simd"], info["cores"], info["kernel"], info["commit"])]
     if clock == "cpu":
