@@ -91,27 +91,25 @@ inline float_packet load_float_packet(const T* p) {
     if constexpr (std::is_same_v<T, float>) {
         return Eigen::internal::ploadu<float_packet>(p);
     } else {
-#if defined(__AVX512F__)
-        if constexpr (float_packet_size == 16) {
-            const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-            if constexpr (std::is_same_v<T, bfloat16>)
-                return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-            else
-                return _mm512_cvtph_ps(raw);
-        }
-#endif
-#if defined(__AVX2__) && defined(__F16C__)
-        if constexpr (float_packet_size == 8) {
-            const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-            if constexpr (std::is_same_v<T, bfloat16>)
-                return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
-            else
-                return _mm256_cvtph_ps(raw);
-        }
-#endif
+#if defined(EIGEN_VECTORIZE_AVX512)
+        static_assert(float_packet_size == 16, "mmca: AVX-512 float packets are 16 lanes");
+        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+        if constexpr (std::is_same_v<T, bfloat16>)
+            return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+        else
+            return _mm512_cvtph_ps(raw);
+#elif defined(EIGEN_VECTORIZE_AVX) && defined(__AVX2__) && defined(__F16C__)
+        static_assert(float_packet_size == 8, "mmca: AVX float packets are 8 lanes");
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        if constexpr (std::is_same_v<T, bfloat16>)
+            return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+        else
+            return _mm256_cvtph_ps(raw);
+#else
         float wide[float_packet_size];
         to_float(p, wide, float_packet_size);
         return Eigen::internal::ploadu<float_packet>(wide);
+#endif
     }
 }
 
