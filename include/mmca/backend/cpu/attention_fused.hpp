@@ -432,6 +432,108 @@ inline void axpy_packets(float weight, const T* row, float* acc, std::int64_t Dp
         pstoreu(acc + d, pmadd(c, load_float_packet(row + d), ploadu<packet>(acc + d)));
 }
 
+/// A bfloat16 row read two packets at a time: 2·packet_size values are packet_size 32-bit lanes
+/// whose low halves (the even elements) widen with one shift and whose high halves (the odd
+/// elements) with one mask, with no shuffle. Dot products and accumulators of such rows work in
+/// the de-interleaved order (per group of 2·packet_size elements: the even ones, then the odd
+/// ones; `deinterleave_pairs` / `interleave_pairs`).
+struct bf16_pairs {
+    const bfloat16* p;
+};
+
+#if defined(EIGEN_VECTORIZE_AVX512)
+#define MMCA_CPU_HAVE_BF16_PAIRS 1
+inline void load_bf16_pairs(const bfloat16* p, packet& even, packet& odd) {
+    const __m512i x = _mm512_loadu_si512(p);
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+    odd = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+#elif defined(EIGEN_VECTORIZE_AVX) && defined(__AVX2__)
+#define MMCA_CPU_HAVE_BF16_PAIRS 1
+inline void load_bf16_pairs(const bfloat16* p, packet& even, packet& odd) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    even = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+    odd = _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+#else
+#define MMCA_CPU_HAVE_BF16_PAIRS 0
+#endif
+
+#if MMCA_CPU_HAVE_BF16_PAIRS
+/// Dp a multiple of 2 packets; b in de-interleaved order.
+inline float dot_packets(bf16_pairs a, const float* b, std::int64_t Dp) {
+    using namespace Eigen::internal;
+    packet s0 = pset1<packet>(0.0f), s1 = s0, e, o;
+    for (std::int64_t d = 0; d < Dp; d += 2 * packet_size) {
+        load_bf16_pairs(a.p + d, e, o);
+        s0 = pmadd(e, ploadu<packet>(b + d), s0);
+        s1 = pmadd(o, ploadu<packet>(b + d + packet_size), s1);
+    }
+    return predux(padd(s0, s1));
+}
+
+inline void dot2_packets(bf16_pairs a0, bf16_pairs a1, const float* b, std::int64_t Dp, float* out) {
+    using namespace Eigen::internal;
+    packet s0 = pset1<packet>(0.0f), s1 = s0, t0 = s0, t1 = s0, e, o;
+    for (std::int64_t d = 0; d < Dp; d += 2 * packet_size) {
+        const packet b0 = ploadu<packet>(b + d), b1 = ploadu<packet>(b + d + packet_size);
+        load_bf16_pairs(a0.p + d, e, o);
+        s0 = pmadd(e, b0, s0);
+        s1 = pmadd(o, b1, s1);
+        load_bf16_pairs(a1.p + d, e, o);
+        t0 = pmadd(e, b0, t0);
+        t1 = pmadd(o, b1, t1);
+    }
+    out[0] = predux(padd(s0, s1));
+    out[1] = predux(padd(t0, t1));
+}
+
+/// acc in de-interleaved order.
+inline void axpy_packets(float weight, bf16_pairs row, float* acc, std::int64_t Dp) {
+    using namespace Eigen::internal;
+    const packet c = pset1<packet>(weight);
+    packet e, o;
+    for (std::int64_t d = 0; d < Dp; d += 2 * packet_size) {
+        load_bf16_pairs(row.p + d, e, o);
+        pstoreu(acc + d, pmadd(c, e, ploadu<packet>(acc + d)));
+        pstoreu(acc + d + packet_size, pmadd(c, o, ploadu<packet>(acc + d + packet_size)));
+    }
+}
+
+inline void axpy2_packets(float w0, bf16_pairs row0, float w1, bf16_pairs row1, float* acc, std::int64_t Dp) {
+    using namespace Eigen::internal;
+    const packet c0 = pset1<packet>(w0), c1 = pset1<packet>(w1);
+    packet e0, o0, e1, o1;
+    for (std::int64_t d = 0; d < Dp; d += 2 * packet_size) {
+        load_bf16_pairs(row0.p + d, e0, o0);
+        load_bf16_pairs(row1.p + d, e1, o1);
+        pstoreu(acc + d, pmadd(c1, e1, pmadd(c0, e0, ploadu<packet>(acc + d))));
+        pstoreu(acc + d + packet_size, pmadd(c1, o1, pmadd(c0, o0, ploadu<packet>(acc + d + packet_size))));
+    }
+}
+#endif
+
+/// Reorders n floats (a multiple of 2·packet_size) in place between the natural order and the
+/// de-interleaved order of bf16_pairs; tmp holds 2·packet_size floats.
+inline void deinterleave_pairs(float* x, std::int64_t n, float* tmp) {
+    for (std::int64_t g = 0; g < n; g += 2 * packet_size) {
+        for (int j = 0; j < packet_size; ++j) {
+            tmp[j] = x[g + 2 * j];
+            tmp[packet_size + j] = x[g + 2 * j + 1];
+        }
+        std::copy(tmp, tmp + 2 * packet_size, x + g);
+    }
+}
+inline void interleave_pairs(float* x, std::int64_t n, float* tmp) {
+    for (std::int64_t g = 0; g < n; g += 2 * packet_size) {
+        for (int j = 0; j < packet_size; ++j) {
+            tmp[2 * j] = x[g + j];
+            tmp[2 * j + 1] = x[g + packet_size + j];
+        }
+        std::copy(tmp, tmp + 2 * packet_size, x + g);
+    }
+}
+
 /// Asks for the cache lines of `bytes` bytes from p ahead of their use.
 inline void prefetch_row(const void* p, std::int64_t bytes) {
     const char* c = static_cast<const char*>(p);
@@ -531,8 +633,6 @@ void decode_tile(const tensor_ref<const KV, 4>& k, const tensor_ref<const KV, 4>
         std::int64_t k0 = 0, n = 0;  // n = 0: nothing to accumulate
         block_use use;
     };
-    block prev;
-    int parity = 0;
     // A single row reads K and V in place, widening in registers; several rows widen each K/V row
     // once into an L1 buffer.
     const bool direct = M == 1 && D == Dp;
@@ -540,87 +640,105 @@ void decode_tile(const tensor_ref<const KV, 4>& k, const tensor_ref<const KV, 4>
     // bandwidth of two interleaved streams unused while the widening and FMAs run.
     constexpr std::int64_t prefetch_rows = 8;
     const std::int64_t row_bytes = D * static_cast<std::int64_t>(sizeof(KV));
-    for (std::int64_t k0 = (lo / Bk) * Bk;; k0 += Bk) {
-        block cur;
-        if (k0 <= hi) {
-            cur.k0 = k0;
-            cur.use = classify_block(fp, tile, static_cast<std::int32_t>(k0),
-                                     static_cast<std::int32_t>(std::min<std::int64_t>(k0 + Bk, seq.length)));
-            if (cur.use.any()) cur.n = std::min<std::int64_t>(Bk, seq.length - k0);
-        } else if (prev.n == 0) {
-            break;
-        }
-        float* st = w.st.data();
-        const std::int64_t np = round_up(cur.n, packet_size);
-        for (std::int64_t m = 0; m < M; ++m) {
-            std::fill(st + m * Bk + cur.n, st + m * Bk + np, -std::numeric_limits<float>::infinity());
-            if (!cur.use.need_scores) std::fill(st + m * Bk, st + m * Bk + cur.n, 0.0f);
-        }
-        float* prev_pt[2] = {w.pt[0].data() + (parity ^ 1) * M * Bk, w.pt[1].data() + (parity ^ 1) * M * Bk};
-        const std::int64_t n_scores = cur.use.need_scores ? cur.n : 0;
-        // Scores of keys x, x + 1 of the current block (count 1 or 2).
-        auto score_keys = [&](std::int64_t x, std::int64_t count) {
-            if (direct && count == 2) {  // one row: widen in registers, q read once for both keys
-                dot2_packets(k.ptr(b, hk, cur.k0 + x), k.ptr(b, hk, cur.k0 + x + 1), w.qrows.data(), Dp, st + x);
-                return;
+    // row(t, r): how the direct path reads row r of K or V (a pointer, or bf16_pairs).
+    auto run_blocks = [&](auto row) {
+        block prev;
+        int parity = 0;
+        for (std::int64_t k0 = (lo / Bk) * Bk;; k0 += Bk) {
+            block cur;
+            if (k0 <= hi) {
+                cur.k0 = k0;
+                cur.use = classify_block(fp, tile, static_cast<std::int32_t>(k0),
+                                         static_cast<std::int32_t>(std::min<std::int64_t>(k0 + Bk, seq.length)));
+                if (cur.use.any()) cur.n = std::min<std::int64_t>(Bk, seq.length - k0);
+            } else if (prev.n == 0) {
+                break;
             }
-            for (std::int64_t j = x; j < x + count; ++j) {
-                if (direct) {
-                    st[j] = dot_packets(k.ptr(b, hk, cur.k0 + j), w.qrows.data(), Dp);
-                } else {  // several rows: widen once
-                    const float* row = float_row(k, b, hk, cur.k0 + j, D, Dp, w.kbuf.data());
-                    for (std::int64_t m = 0; m < M; ++m) st[m * Bk + j] = dot_packets(row, w.qrows.data() + m * Dp, Dp);
+            float* st = w.st.data();
+            const std::int64_t np = round_up(cur.n, packet_size);
+            for (std::int64_t m = 0; m < M; ++m) {
+                std::fill(st + m * Bk + cur.n, st + m * Bk + np, -std::numeric_limits<float>::infinity());
+                if (!cur.use.need_scores) std::fill(st + m * Bk, st + m * Bk + cur.n, 0.0f);
+            }
+            float* prev_pt[2] = {w.pt[0].data() + (parity ^ 1) * M * Bk, w.pt[1].data() + (parity ^ 1) * M * Bk};
+            const std::int64_t n_scores = cur.use.need_scores ? cur.n : 0;
+            // Scores of keys x, x + 1 of the current block (count 1 or 2).
+            auto score_keys = [&](std::int64_t x, std::int64_t count) {
+                if (direct && count == 2) {  // one row: widen in registers, q read once for both keys
+                    dot2_packets(row(k, cur.k0 + x), row(k, cur.k0 + x + 1), w.qrows.data(), Dp, st + x);
+                    return;
                 }
-            }
-        };
-        // V of keys x, x + 1 of the previous block into the accumulators (rows nobody weighs are
-        // not read).
-        auto add_values = [&](std::int64_t x, std::int64_t count) {
-            if (direct) {
-                const KV* row0 = v.ptr(b, hk, prev.k0 + x);
-                const KV* row1 = count == 2 ? v.ptr(b, hk, prev.k0 + x + 1) : nullptr;
-                for (int g = 0; g < 2; ++g) {
-                    if (!prev.use.used[g]) continue;
-                    const float w0 = prev_pt[g][x], w1 = count == 2 ? prev_pt[g][x + 1] : 0.0f;
-                    if (w0 != 0.0f && w1 != 0.0f)
-                        axpy2_packets(w0, row0, w1, row1, w.acc[g].data(), Dp);
-                    else if (w0 != 0.0f)
-                        axpy_packets(w0, row0, w.acc[g].data(), Dp);
-                    else if (w1 != 0.0f)
-                        axpy_packets(w1, row1, w.acc[g].data(), Dp);
-                }
-                return;
-            }
-            for (std::int64_t j = x; j < x + count; ++j) {
-                bool any = false;
-                for (int g = 0; g < 2; ++g)
-                    for (std::int64_t m = 0; m < M && prev.use.used[g]; ++m) any |= prev_pt[g][m * Bk + j] != 0.0f;
-                if (!any) continue;
-                const float* row = float_row(v, b, hk, prev.k0 + j, D, Dp, w.vbuf.data());
-                for (int g = 0; g < 2; ++g) {
-                    if (!prev.use.used[g]) continue;
-                    for (std::int64_t m = 0; m < M; ++m) {
-                        const float weight = prev_pt[g][m * Bk + j];
-                        if (weight != 0.0f) axpy_packets(weight, row, w.acc[g].data() + m * Dp, Dp);
+                for (std::int64_t j = x; j < x + count; ++j) {
+                    if (direct) {
+                        st[j] = dot_packets(row(k, cur.k0 + j), w.qrows.data(), Dp);
+                    } else {  // several rows: widen once
+                        const float* wide = float_row(k, b, hk, cur.k0 + j, D, Dp, w.kbuf.data());
+                        for (std::int64_t m = 0; m < M; ++m)
+                            st[m * Bk + j] = dot_packets(wide, w.qrows.data() + m * Dp, Dp);
                     }
                 }
+            };
+            // V of keys x, x + 1 of the previous block into the accumulators (rows nobody weighs are
+            // not read).
+            auto add_values = [&](std::int64_t x, std::int64_t count) {
+                if (direct) {
+                    const auto row0 = row(v, prev.k0 + x);
+                    const auto row1 = row(v, prev.k0 + x + count - 1);  // row0 again when count is 1
+                    for (int g = 0; g < 2; ++g) {
+                        if (!prev.use.used[g]) continue;
+                        const float w0 = prev_pt[g][x], w1 = count == 2 ? prev_pt[g][x + 1] : 0.0f;
+                        if (w0 != 0.0f && w1 != 0.0f)
+                            axpy2_packets(w0, row0, w1, row1, w.acc[g].data(), Dp);
+                        else if (w0 != 0.0f)
+                            axpy_packets(w0, row0, w.acc[g].data(), Dp);
+                        else if (w1 != 0.0f)
+                            axpy_packets(w1, row1, w.acc[g].data(), Dp);
+                    }
+                    return;
+                }
+                for (std::int64_t j = x; j < x + count; ++j) {
+                    bool any = false;
+                    for (int g = 0; g < 2; ++g)
+                        for (std::int64_t m = 0; m < M && prev.use.used[g]; ++m) any |= prev_pt[g][m * Bk + j] != 0.0f;
+                    if (!any) continue;
+                    const float* wide = float_row(v, b, hk, prev.k0 + j, D, Dp, w.vbuf.data());
+                    for (int g = 0; g < 2; ++g) {
+                        if (!prev.use.used[g]) continue;
+                        for (std::int64_t m = 0; m < M; ++m) {
+                            const float weight = prev_pt[g][m * Bk + j];
+                            if (weight != 0.0f) axpy_packets(weight, wide, w.acc[g].data() + m * Dp, Dp);
+                        }
+                    }
+                }
+            };
+            for (std::int64_t x = 0; x < std::max(n_scores, prev.n); x += 2) {
+                for (std::int64_t j = x; j < x + 2; ++j) {
+                    if (j + prefetch_rows < n_scores) prefetch_row(k.ptr(b, hk, cur.k0 + j + prefetch_rows), row_bytes);
+                    if (j + prefetch_rows < prev.n) prefetch_row(v.ptr(b, hk, prev.k0 + j + prefetch_rows), row_bytes);
+                }
+                if (x < n_scores) score_keys(x, std::min<std::int64_t>(2, n_scores - x));
+                if (x < prev.n) add_values(x, std::min<std::int64_t>(2, prev.n - x));
             }
-        };
-        for (std::int64_t x = 0; x < std::max(n_scores, prev.n); x += 2) {
-            for (std::int64_t j = x; j < x + 2; ++j) {
-                if (j + prefetch_rows < n_scores) prefetch_row(k.ptr(b, hk, cur.k0 + j + prefetch_rows), row_bytes);
-                if (j + prefetch_rows < prev.n) prefetch_row(v.ptr(b, hk, prev.k0 + j + prefetch_rows), row_bytes);
+            if (cur.n > 0) {
+                float* cur_pt[2] = {w.pt[0].data() + parity * M * Bk, w.pt[1].data() + parity * M * Bk};
+                decode_softmax(st, cur_pt, cur.k0, cur.n, M, Bk, cur.use, row_plans, w, seq, Dp);
             }
-            if (x < n_scores) score_keys(x, std::min<std::int64_t>(2, n_scores - x));
-            if (x < prev.n) add_values(x, std::min<std::int64_t>(2, prev.n - x));
+            prev = cur;
+            parity ^= 1;
         }
-        if (cur.n > 0) {
-            float* cur_pt[2] = {w.pt[0].data() + parity * M * Bk, w.pt[1].data() + parity * M * Bk};
-            decode_softmax(st, cur_pt, cur.k0, cur.n, M, Bk, cur.use, row_plans, w, seq, Dp);
+    };
+#if MMCA_CPU_HAVE_BF16_PAIRS
+    if constexpr (std::is_same_v<KV, bfloat16>) {
+        if (direct && D % (2 * packet_size) == 0) {
+            float tmp[2 * packet_size];
+            deinterleave_pairs(w.qrows.data(), D, tmp);
+            run_blocks([&](const tensor_ref<const KV, 4>& t, std::int64_t r) { return bf16_pairs{t.ptr(b, hk, r)}; });
+            for (int g = 0; g < 2; ++g) interleave_pairs(w.acc[g].data(), D, tmp);
+            return;
         }
-        prev = cur;
-        parity ^= 1;
     }
+#endif
+    run_blocks([&](const tensor_ref<const KV, 4>& t, std::int64_t r) { return t.ptr(b, hk, r); });
 }
 
 }  // namespace detail
