@@ -35,7 +35,7 @@ function(mmca_project_target tgt)
     # GCC 12's AVX-512 intrinsics (_mm512_max_ps, _mm512_cvtph_ps, ... as Eigen's packets and
     # mmca's kernels use them) start from a self-initialised "undefined" vector that
     # -Wmaybe-uninitialized reports once inlined: with -march=native on an AVX-512 machine every
-    # attention kernel would fail -Werror. GCC 13 no longer reports it.
+    # attention kernel would fail -Werror. (Checked with GCC 12; newer GCCs keep the warning.)
     if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 13)
       target_compile_options("${tgt}" PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wno-maybe-uninitialized>)
     endif()
