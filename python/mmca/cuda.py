@@ -21,7 +21,7 @@ import numpy as np
 
 try:
     from . import _cuda
-    from ._cuda import CudaError, available, device, synchronize
+    from ._cuda import CudaError, LlamaModel, available, device, synchronize
 except ImportError as error:  # pragma: no cover - depends on the build
     raise ImportError("mmca.cuda: this mmca was built without CUDA (configure with -DMMCA_ENABLE_CUDA=ON "
                       "on a machine with nvcc)") from error
@@ -68,7 +68,7 @@ def attention_backward(q, k, v, dout, row_max, row_sum, group_out, dq, dk, dv, t
                              image_ids=t["image_ids"], policy=policy, scale=scale, kv_lens=t["kv_lens"],
                              q_lens=t["q_lens"], stream=stream)
 
-__all__ = ["CudaError", "attention", "attention_backward", "attention_torch", "available", "device", "synchronize"]
+__all__ = ["CudaError", "LlamaModel", "attention", "attention_backward", "attention_torch", "available", "device", "synchronize"]
 
 _function = None
 

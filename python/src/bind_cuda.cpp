@@ -9,14 +9,19 @@
 // `stream` (an int cudaStream_t; 0: the legacy default stream, which torch's default stream is);
 // errors in the arguments raise before anything is launched. Built only when CUDA is enabled.
 #include "array_args.hpp"
+#include "llama_binding.hpp"
 
 #include "mmca/backend/cuda/library.hpp"
+#include "mmca/io/llama_loader.hpp"
+#include "mmca/language/generation.hpp"
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <array>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -191,6 +196,59 @@ void cuda_attention_backward(const py::object& q, const py::object& k, const py:
                                         vdv, reinterpret_cast<void*>(stream));
 }
 
+// ---- the decoder on the GPU ------------------------------------------------------------------------
+
+struct cuda_llama_holder {
+    mmca::cuda::lib::llama_model model;
+    mmca::basic_generator<mmca::cuda::lib::llama_model> chat;
+    explicit cuda_llama_holder(mmca::cuda::lib::llama_model&& m) : model(std::move(m)), chat(model) {}
+};
+
+/// mmca.cuda.LlamaModel: mmca::cuda::lib::llama_model and a chat generator over it.
+class cuda_llama_object {
+public:
+    explicit cuda_llama_object(std::unique_ptr<cuda_llama_holder> h) : holder_(std::move(h)) {}
+
+    template <class F>
+    decltype(auto) visit(F&& f) {
+        return f(*holder_);
+    }
+    template <class F>
+    decltype(auto) locked(F&& f) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return f(*holder_);
+    }
+
+private:
+    std::unique_ptr<cuda_llama_holder> holder_;
+    std::mutex mutex_;
+};
+
+std::unique_ptr<cuda_llama_object> make_cuda_llama(const std::string& path, const std::string& dtype,
+                                                   std::int64_t context, std::int64_t batch, const std::string& variant,
+                                                   const std::optional<std::string>& policy, const std::string& names,
+                                                   const std::string& config_path) {
+    constexpr const char* where = "mmca.cuda.LlamaModel";
+    mmca::llama_model_options options;
+    options.batch = batch;
+    options.context = context;
+    options.attention = parse_attention_options(where, variant, policy, std::nullopt, 0);
+    element type = element::float32;
+    if (dtype == "float16")
+        type = element::float16;
+    else if (dtype == "bfloat16")
+        type = element::bfloat16;
+    else if (dtype != "float32")
+        raise_value_error(where, "dtype", "'" + dtype + "'", "'float32', 'float16' or 'bfloat16'");
+    mmca::io::llama_load_options load;
+    load.names = names;
+    load.config_path = config_path;
+    py::gil_scoped_release release;
+    auto [config, weights] = mmca::io::load_llama(path, load);
+    return std::make_unique<cuda_llama_object>(
+        std::make_unique<cuda_llama_holder>(mmca::cuda::lib::llama_model(config, weights, options, type)));
+}
+
 }  // namespace
 }  // namespace mmca::python
 
@@ -221,4 +279,30 @@ PYBIND11_MODULE(_cuda, m) {
           py::arg("variant"), py::kw_only(), py::arg("image_ids") = py::none(), py::arg("policy") = py::none(),
           py::arg("scale") = py::none(), py::arg("kv_lens") = py::none(), py::arg("q_lens") = py::none(),
           py::arg("stream") = 0);
+
+    py::class_<cuda_llama_object> llama_class(m, "LlamaModel", R"doc(
+The LLaMa-2 decoder on the GPU: the layer code of mmca.LlamaModel over cuBLAS and mmca's CUDA
+kernels, with weights, activations and KV caches in device memory of `dtype`. Inputs and logits are
+numpy arrays on the host (float32), exactly as for mmca.LlamaModel.
+
+Parameters
+----------
+path : str
+    A checkpoint folder, .safetensors file or index .json (as mmca.LlamaModel).
+dtype : {'float32', 'float16', 'bfloat16'}
+    Element type of the weights, activations and KV cache on the device (GEMMs accumulate in
+    float32; logits are float32).
+context, batch, variant, policy, names, config_path
+    As for mmca.LlamaModel (the CUDA model always runs the fused attention).
+
+Gated cross-attention blocks, when the config has them, run on the host (a round trip of the hidden
+states per block).
+)doc");
+    llama_class.def(py::init(&make_cuda_llama), py::arg("path"), py::kw_only(), py::arg("dtype") = "float32",
+                    py::arg("context") = 0, py::arg("batch") = 1, py::arg("variant") = "mmca",
+                    py::arg("policy") = py::none(), py::arg("names") = "auto", py::arg("config_path") = "")
+        .def_property_readonly("dtype", [](cuda_llama_object& s) {
+                return std::string(mmca::cuda::lib::to_string(s.visit([](auto& h) { return h.model.type(); })));
+            }, "Element type on the device.");
+    def_llama_inference(llama_class, "mmca.cuda.LlamaModel");
 }

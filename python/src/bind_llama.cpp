@@ -5,6 +5,7 @@
 // converted after a range check, wrong dtypes are TypeError, bad shapes/values ValueError, the GIL is
 // released around model calls, and views into C++ memory keep their owner alive.
 #include "array_args.hpp"
+#include "llama_binding.hpp"
 #include "lora_args.hpp"
 
 #include "mmca/io/checkpoint.hpp"
@@ -33,34 +34,6 @@ namespace py = pybind11;
 
 namespace {
 
-py::dict config_to_dict(const mmca::llama_config& c) {
-    py::dict d;
-    d["vocab_size"] = c.vocab_size;
-    d["hidden_size"] = c.hidden_size;
-    d["intermediate_size"] = c.intermediate_size;
-    d["num_hidden_layers"] = c.num_layers;
-    d["num_attention_heads"] = c.num_heads;
-    d["num_key_value_heads"] = c.num_kv_heads;
-    d["head_dim"] = c.head_dim();
-    d["max_position_embeddings"] = c.max_positions;
-    d["rms_norm_eps"] = c.rms_norm_eps;
-    d["rope_theta"] = c.rope_theta;
-    if (c.rope_scaling == mmca::nn::rope_scaling_type::none)
-        d["rope_scaling"] = py::none();
-    else {
-        py::dict s;
-        s["type"] = mmca::nn::to_string(c.rope_scaling);
-        s["factor"] = c.rope_factor;
-        d["rope_scaling"] = s;
-    }
-    d["bos_token_id"] = c.bos_token_id;
-    d["eos_token_id"] = c.eos_token_id;
-    d["tie_word_embeddings"] = c.tie_word_embeddings;
-    d["cross_attention_every"] = c.cross_attention_every;
-    d["cross_attention_intermediate"] = c.cross_attention_intermediate;
-    return d;
-}
-
 /// A config from a preset name or an HF-style dict (parsed by the same code as config.json).
 mmca::llama_config config_from(py::handle obj, const char* where) {
     if (py::isinstance<py::str>(obj))
@@ -77,13 +50,6 @@ mmca::dtype parse_dtype(const char* where, const char* name, const std::string& 
     if (s == "float16") return mmca::dtype::float16;
     if (s == "bfloat16") return mmca::dtype::bfloat16;
     raise_value_error(where, name, "'" + s + "'", "'float32', 'float16' or 'bfloat16'");
-}
-
-mmca::logits_mode parse_logits(const char* where, const std::string& s) {
-    if (s == "all") return mmca::logits_mode::all;
-    if (s == "last") return mmca::logits_mode::last;
-    if (s == "none") return mmca::logits_mode::none;
-    raise_value_error(where, "logits", "'" + s + "'", "'all', 'last' or 'none'");
 }
 
 template <class KV>
@@ -153,45 +119,6 @@ std::unique_ptr<llama_object> make_llama(const std::string& path, const std::str
         std::make_unique<llama_holder<float>>(mmca::llama_model<float>(config, std::move(weights), options)));
 }
 
-py::array new_or_out(const char* where, py::object out, const std::vector<py::ssize_t>& shape) {
-    if (out.is_none()) return py::array_t<float>(shape);
-    tensor_spec spec{where, "out", static_cast<int>(shape.size()), "(B, L or 1, V)", true};
-    py::array a = require_tensor(out, spec, py::dtype::of<float>(), "float32");
-    for (std::size_t d = 0; d < shape.size(); ++d)
-        if (a.shape(static_cast<py::ssize_t>(d)) != shape[d])
-            raise_value_error(where, "out", "shape " + shape_text(a), "shape " + mmca::detail::shape_text(shape));
-    return a;
-}
-
-py::object forward(llama_object& self, py::handle embeddings, py::handle token_types, py::handle image_ids,
-                   py::handle lens, const std::string& logits, py::object out) {
-    const char* where = "mmca.LlamaModel.forward";
-    const mmca::logits_mode mode = parse_logits(where, logits);
-    py::array e = require_tensor(embeddings, {where, "embeddings", 3, "(B, L, H)"}, py::dtype::of<float>(), "float32");
-    py::array t = integer_metadata<std::int8_t>(token_types, {where, "token_types", 2, "(B, L)"}, "0, 1 or 2");
-    auto ids = optional_integer_metadata<std::int32_t>(image_ids, {where, "image_ids", 2, "(B, L)"}, "an int32 image index");
-    auto ln = optional_integer_metadata<std::int32_t>(lens, {where, "lens", 1, "(B,)"}, "an int32 count");
-    const std::int64_t B = e.shape(0), L = e.shape(1);
-    const std::int64_t V = self.visit([](auto& h) { return h.model.config().vocab_size; });
-    py::object result = py::none();
-    mmca::tensor_ref<float, 3> out_ref;
-    if (mode != mmca::logits_mode::none) {
-        py::array o = new_or_out(where, out, {B, mode == mmca::logits_mode::all ? L : 1, V});
-        require_no_overlap(where, o, e, "embeddings");
-        out_ref = tensor_view<float, 3>(o);
-        result = o;
-    }
-    const auto e_ref = tensor_view<const float, 3>(e);
-    const auto t_ref = tensor_view<const std::int8_t, 2>(t);
-    const auto i_ref = metadata_view<std::int32_t, 2>(ids);
-    const auto l_ref = metadata_view<std::int32_t, 1>(ln);
-    {
-        py::gil_scoped_release release;
-        self.locked([&](auto& h) { h.model.forward(e_ref, t_ref, i_ref, l_ref, out_ref, mode); });
-    }
-    return result;
-}
-
 /// The training path of the decoder (language/train.hpp) on whole sequences from position 0.
 py::dict backward(llama_object& self, py::handle embeddings, py::handle token_types, py::handle dlogits_obj,
                   py::handle image_ids, py::handle lens, bool cross_blocks, py::object lora_obj, py::object lora_alpha) {
@@ -245,30 +172,6 @@ py::dict backward(llama_object& self, py::handle embeddings, py::handle token_ty
     return out;
 }
 
-py::object forward_tokens(llama_object& self, py::handle ids, py::handle lens, const std::string& logits,
-                          py::object out) {
-    const char* where = "mmca.LlamaModel.forward_tokens";
-    const mmca::logits_mode mode = parse_logits(where, logits);
-    py::array a = integer_metadata<std::int32_t>(ids, {where, "ids", 2, "(B, L)"}, "an int32 token id");
-    auto ln = optional_integer_metadata<std::int32_t>(lens, {where, "lens", 1, "(B,)"}, "an int32 count");
-    const std::int64_t B = a.shape(0), L = a.shape(1);
-    const std::int64_t V = self.visit([](auto& h) { return h.model.config().vocab_size; });
-    py::object result = py::none();
-    mmca::tensor_ref<float, 3> out_ref;
-    if (mode != mmca::logits_mode::none) {
-        py::array o = new_or_out(where, out, {B, mode == mmca::logits_mode::all ? L : 1, V});
-        out_ref = tensor_view<float, 3>(o);
-        result = o;
-    }
-    const auto a_ref = tensor_view<const std::int32_t, 2>(a);
-    const auto l_ref = metadata_view<std::int32_t, 1>(ln);
-    {
-        py::gil_scoped_release release;
-        self.locked([&](auto& h) { h.model.forward_tokens(a_ref, l_ref, out_ref, mode); });
-    }
-    return result;
-}
-
 py::array embed(llama_object& self, py::handle ids) {
     const char* where = "mmca.LlamaModel.embed";
     py::array a = py::isinstance<py::array>(ids) ? py::reinterpret_borrow<py::array>(ids) : py::array::ensure(ids);
@@ -285,19 +188,6 @@ py::array embed(llama_object& self, py::handle ids) {
     float* o = out.mutable_data();
     self.locked([&](auto& h) { h.model.embed(p, n, mmca::tensor_ref<float, 2>(o, {n, H})); });
     return out;
-}
-
-py::tuple chat(llama_object& self, const std::vector<std::int32_t>& prompt, std::int64_t max_new_tokens,
-               float temperature, std::int64_t top_k, float top_p, float repetition_penalty, std::uint64_t seed,
-               const std::optional<std::vector<std::int32_t>>& eos_ids) {
-    const mmca::generation_options g = parse_generation_options("mmca.LlamaModel.chat", max_new_tokens, temperature,
-                                                                top_k, top_p, repetition_penalty, seed, eos_ids);
-    mmca::generation_result r;
-    {
-        py::gil_scoped_release release;
-        r = self.locked([&](auto& h) { return h.chat.round(prompt, g); });
-    }
-    return py::make_tuple(py::cast(r.tokens), mmca::to_string(r.reason));
 }
 
 // ---- safetensors ------------------------------------------------------------------------------
@@ -337,7 +227,7 @@ py::array tensor_of(py::object self_obj, const std::string& name) {
 }  // namespace
 
 void bind_llama(py::module_& m) {
-    py::class_<llama_object>(m, "LlamaModel", R"doc(
+    py::class_<llama_object> llama_class(m, "LlamaModel", R"doc(
 A LLaMa-2 decoder read from a safetensors checkpoint (memory-mapped, viewed in place), with a KV
 cache per layer and a chat generator whose cache survives across rounds.
 
@@ -361,45 +251,13 @@ Raises
 ------
 ValueError
     Unreadable or invalid checkpoint/config (the message names the file, tensor or key).
-)doc")
+)doc");
+    llama_class
         .def(py::init(&make_llama), py::arg("path"), py::kw_only(), py::arg("kv_dtype") = "float32",
              py::arg("context") = 0, py::arg("batch") = 1, py::arg("variant") = "mmca",
              py::arg("policy") = py::none(), py::arg("impl") = "fused", py::arg("num_threads") = 0,
              py::arg("names") = "auto", py::arg("config_path") = "")
-        .def_property_readonly("config", [](llama_object& s) { return s.visit([](auto& h) { return config_to_dict(h.model.config()); }); },
-                               "The model's config as a dict (HF key names).")
-        .def_property_readonly("batch", [](llama_object& s) { return s.visit([](auto& h) { return h.model.batch(); }); },
-                               "Sequences per call (B).")
-        .def_property_readonly("context", [](llama_object& s) { return s.visit([](auto& h) { return h.model.context(); }); },
-                               "Tokens each sequence may hold.")
         .def_property_readonly("kv_dtype", &llama_object::kv_dtype, "Storage dtype of the KV cache.")
-        .def("length", [](llama_object& s, std::int64_t b) {
-                if (b < 0 || b >= s.visit([](auto& h) { return h.model.batch(); }))
-                    throw py::index_error(error_text("mmca.LlamaModel.length", "b", std::to_string(b), "a sequence index in [0, batch)"));
-                return s.locked([&](auto& h) { return h.model.length(b); });
-            }, py::arg("b") = 0, "Tokens cached for sequence b.")
-        .def("reset", [](llama_object& s) { s.locked([](auto& h) { h.chat.reset(); }); },
-             "Forgets every cached token (a new conversation).")
-        .def("forward", &forward, py::arg("embeddings"), py::arg("token_types"), py::kw_only(),
-             py::arg("image_ids") = py::none(), py::arg("lens") = py::none(), py::arg("logits") = "all",
-             py::arg("out") = py::none(), R"doc(
-Runs new tokens through the decoder, appending them to the cache.
-
-Parameters
-----------
-embeddings : numpy.ndarray, float32 (B, L, H)
-    Input hidden states (token embeddings and spliced image rows).
-token_types : integer array (B, L)
-    0 pad, 1 text, 2 image.
-image_ids : integer array (B, L), optional
-    Image index per image token (default: each run of image tokens is a new image).
-lens : integer array (B,), optional
-    Valid rows per sequence (right padding).
-logits : {'all', 'last', 'none'}
-    Rows that get logits: all (B, L, V), the last new token (B, 1, V), or none (returns None).
-out : numpy.ndarray, float32, optional
-    Where to write the logits.
-)doc")
         .def("backward", &backward, py::arg("embeddings"), py::arg("token_types"), py::arg("dlogits"), py::kw_only(),
              py::arg("image_ids") = py::none(), py::arg("lens") = py::none(), py::arg("cross_blocks") = true,
              py::arg("lora") = py::none(), py::arg("lora_alpha") = py::none(), R"doc(
@@ -421,21 +279,8 @@ logits (B, L, V), dembeddings (B, L, H) (image rows included), grads (name -> fl
              R"doc(Fresh LoRA adapters for q/k/v/o (targets: letters of 'qkvo' or 'all'): a dict
 'model.layers.N.self_attn.P_proj.lora_A.weight' (rank, in), uniform on +-1/sqrt(in) from seed, and
 '...lora_B.weight' (out, rank), zero. Merge them for inference with mmca.grad.lora_merge.)doc")
-        .def("forward_tokens", &forward_tokens, py::arg("ids"), py::kw_only(), py::arg("lens") = py::none(),
-             py::arg("logits") = "all", py::arg("out") = py::none(),
-             "Embeds text token ids (B, L) and runs forward(); returns logits as forward() does.")
-        .def("embed", &embed, py::arg("ids"), "Token embeddings (..., H) float32 of ids (L,) or (B, L).")
-        .def("chat", &chat, py::arg("prompt"), py::kw_only(), py::arg("max_new_tokens") = 128,
-             py::arg("temperature") = 0.0f, py::arg("top_k") = 0, py::arg("top_p") = 1.0f,
-             py::arg("repetition_penalty") = 1.0f, py::arg("seed") = 0, py::arg("eos_ids") = py::none(), R"doc(
-One chat round (batch 1): prefills only the new prompt tokens on top of the cached conversation,
-then generates until an EOS token or max_new_tokens. temperature 0 is greedy.
-
-Returns
--------
-(tokens, reason) : (list of int, str)
-    The answer (with its EOS token when one ended it) and 'eos', 'max_new_tokens' or 'context_full'.
-)doc");
+        .def("embed", &embed, py::arg("ids"), "Token embeddings (..., H) float32 of ids (L,) or (B, L).");
+    def_llama_inference(llama_class, "mmca.LlamaModel");
 
     py::class_<mmca::io::safetensors_file>(m, "SafetensorsFile", R"doc(
 A safetensors file, memory-mapped and fully validated on opening. tensor(name) returns a read-only

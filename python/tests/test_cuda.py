@@ -138,3 +138,81 @@ def test_errors_name_the_argument():
         cuda.attention(q.cpu(), q, q, out, types, "mmca")
     with pytest.raises(TypeError, match="'v'"):
         cuda.attention(q, q, np.zeros((1, 2, 8, 16), np.float32), out, types, "mmca")
+
+
+def _write_llama(d, rng, H=128, I=160, V=50, layers=2, heads=2, kv_heads=1):
+    """A random LLaMa checkpoint (head dim 64) written with the official safetensors package."""
+    st = pytest.importorskip("safetensors.numpy")
+    import json
+
+    D = H // heads
+    t = {"model.embed_tokens.weight": rng.standard_normal((V, H)), "model.norm.weight": 1 + 0.1 * rng.standard_normal(H),
+         "lm_head.weight": 0.1 * rng.standard_normal((V, H))}
+    for l in range(layers):
+        p = f"model.layers.{l}."
+        t.update({p + "input_layernorm.weight": 1 + 0.1 * rng.standard_normal(H),
+                  p + "post_attention_layernorm.weight": 1 + 0.1 * rng.standard_normal(H),
+                  p + "self_attn.q_proj.weight": 0.15 * rng.standard_normal((heads * D, H)),
+                  p + "self_attn.k_proj.weight": 0.15 * rng.standard_normal((kv_heads * D, H)),
+                  p + "self_attn.v_proj.weight": 0.1 * rng.standard_normal((kv_heads * D, H)),
+                  p + "self_attn.o_proj.weight": 0.1 * rng.standard_normal((H, heads * D)),
+                  p + "mlp.gate_proj.weight": 0.1 * rng.standard_normal((I, H)),
+                  p + "mlp.up_proj.weight": 0.1 * rng.standard_normal((I, H)),
+                  p + "mlp.down_proj.weight": 0.1 * rng.standard_normal((H, I))})
+    st.save_file({k: v.astype(np.float32) for k, v in t.items()}, str(d / "model.safetensors"))
+    cfg = dict(vocab_size=V, hidden_size=H, intermediate_size=I, num_hidden_layers=layers, num_attention_heads=heads,
+               num_key_value_heads=kv_heads, max_position_embeddings=96, rms_norm_eps=1e-5, hidden_act="silu",
+               bos_token_id=1, eos_token_id=2)
+    (d / "config.json").write_text(json.dumps(cfg))
+    return cfg
+
+
+def test_llama_model_matches_the_cpu_model(tmp_path):
+    """mmca.cuda.LlamaModel (float32) against mmca.LlamaModel, the same layer code on the CPU: a
+    prompt with images over a batch of two, then decode steps on top of the device caches."""
+    mmca = pytest.importorskip("mmca")
+    if not hasattr(mmca, "LlamaModel"):
+        pytest.skip("the CPU module is not built")
+    rng = np.random.default_rng(11)
+    cfg = _write_llama(tmp_path, rng)
+    H = cfg["hidden_size"]
+    types = np.ones((2, 40), np.int8)
+    types[0, 4:20] = IMAGE
+    types[1, 0:16] = IMAGE
+    lens = np.array([40, 29], np.int32)
+    e = rng.standard_normal((2, 40, H)).astype(np.float32)
+    for variant in ["causal", "mmca", "mmca_reference", "causal_cross"]:
+        cpu = mmca.LlamaModel(str(tmp_path), variant=variant, batch=2)
+        gpu = cuda.LlamaModel(str(tmp_path), dtype="float32", variant=variant, batch=2)
+        assert gpu.dtype == "float32" and gpu.batch == 2 and gpu.context == 96
+        want = cpu.forward(e, types, lens=lens)
+        got = gpu.forward(e, types, lens=lens)
+        for b in range(2):
+            n = lens[b]
+            np.testing.assert_allclose(got[b, :n], want[b, :n], atol=1e-4 * np.abs(want[b, :n]).max())
+        for _ in range(3):
+            ids = rng.integers(3, cfg["vocab_size"], (2, 1)).astype(np.int32)
+            want = cpu.forward_tokens(ids, logits="last")
+            got = gpu.forward_tokens(ids, logits="last")
+            np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+        assert gpu.length(0) == 43 and gpu.length(1) == 32
+
+
+def test_llama_model_chat_and_16_bit(tmp_path):
+    """Greedy chat rounds give the CPU model's tokens (float32); bfloat16 and float16 logits stay
+    within their storage precision of the float32 ones."""
+    mmca = pytest.importorskip("mmca")
+    if not hasattr(mmca, "LlamaModel"):
+        pytest.skip("the CPU module is not built")
+    _write_llama(tmp_path, np.random.default_rng(12))
+    cpu = mmca.LlamaModel(str(tmp_path), variant="causal")
+    gpu = cuda.LlamaModel(str(tmp_path), variant="causal")
+    for prompt in ([1, 5, 7, 9], [1, 11, 4]):
+        assert gpu.chat(prompt, max_new_tokens=6, eos_ids=[-1]) == cpu.chat(prompt, max_new_tokens=6, eos_ids=[-1])
+    ids = np.array([[1, 5, 7, 9, 13, 21, 8, 3]], np.int32)
+    ref = cuda.LlamaModel(str(tmp_path)).forward_tokens(ids)
+    for dtype, tol in (("float16", 1e-2), ("bfloat16", 6e-2)):
+        got = cuda.LlamaModel(str(tmp_path), dtype=dtype).forward_tokens(ids)
+        np.testing.assert_allclose(got, ref, atol=tol * np.abs(ref).max())
+    with pytest.raises(ValueError, match="'dtype'"):
+        cuda.LlamaModel(str(tmp_path), dtype="float64")

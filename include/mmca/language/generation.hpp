@@ -141,12 +141,12 @@ struct generation_result {
     std::int64_t prefilled = 0;        ///< tokens run through the model before the first new token
 };
 
-/// Multi-round text generation for a batch-1 model. One generator per conversation; the model's
-/// cache holds the conversation (call reset() for a new one).
-template <class KV = float>
-class generator {
+/// Multi-round text generation for a batch-1 model (a basic_llama_model on any backend). One
+/// generator per conversation; the model's cache holds the conversation (call reset() for a new one).
+template <class Model>
+class basic_generator {
 public:
-    explicit generator(llama_model<KV>& model) : model_(model) {}
+    explicit basic_generator(Model& model) : model_(model) {}
 
     /// Starts a new conversation (clears the model's cache).
     void reset() {
@@ -225,10 +225,14 @@ private:
         model_.forward_tokens(view, {}, out, logits_mode::last);
     }
 
-    llama_model<KV>& model_;
+    Model& model_;
     std::vector<std::int32_t> pending_;  // sampled but not yet fed (the previous answer's last token)
     std::vector<std::int32_t> history_;
     std::vector<float> logits_;
 };
+
+/// Generation on the CPU model with a KV cache of KV.
+template <class KV = float>
+using generator = basic_generator<llama_model<KV>>;
 
 }  // namespace mmca

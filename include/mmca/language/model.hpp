@@ -16,12 +16,18 @@
 // they only provide keys and values. Gated cross-attention blocks (SPEC §2.5) run before every
 // cross_attention_every-th layer when the config asks for them.
 //
+// The layer logic is written once, in basic_llama_model<Backend>; the backend decides where the
+// activations and caches live and runs each operation. llama_model<KV> is the CPU decoder
+// (mmca/backend/cpu/llama_backend.hpp); mmca::cuda::llama_model<T> runs the same code on a GPU
+// (mmca/backend/cuda/llama_backend.cuh).
+//
 // A model object is not safe to call from two threads at once (it owns its caches and scratch).
 #pragma once
 
 #include "mmca/attention/attention.hpp"
 #include "mmca/attention/kv_cache.hpp"
 #include "mmca/attention/types.hpp"
+#include "mmca/backend/cpu/llama_backend.hpp"
 #include "mmca/core/dtype.hpp"
 #include "mmca/core/error.hpp"
 #include "mmca/core/tensor.hpp"
@@ -58,14 +64,17 @@ struct llama_model_options {
     int num_threads = 0;       ///< threads of the linear layers and attention; 0: OpenMP's default
 };
 
-template <class KV = float>
-class llama_model {
-    static_assert(is_storage_type_v<KV>, "mmca::llama_model: KV cache storage must be float, float16 or bfloat16");
-
+/// The decoder over a backend (mmca/backend/cpu/llama_backend.hpp says what a backend provides):
+/// the layer logic below is the only copy, whether activations live in host memory or on a GPU.
+template <class Backend>
+class basic_llama_model {
 public:
-    using kv_type = KV;
+    using backend_type = Backend;
+    using kv_type = typename Backend::kv_type;
+    using value_type = typename Backend::value_type;  ///< activation element type
+    using cache_type = typename Backend::cache_type;
 
-    llama_model(llama_config config, llama_weights weights, llama_model_options options = {})
+    basic_llama_model(llama_config config, llama_weights weights, llama_model_options options = {})
         : config_(std::move(config)), weights_(std::move(weights)), options_(options) {
         const char* where = "mmca::llama_model";
         config_.validate(where);
@@ -74,10 +83,11 @@ public:
         MMCA_CHECK_ARG(options_.context > 0, where, "context", detail::to_text(options_.context),
                        "a positive number of tokens (0: max_position_embeddings)");
         check_weights(where);
+        backend_ = Backend(config_, weights_);
         const std::int64_t B = options_.batch;
         caches_.reserve(static_cast<std::size_t>(config_.num_layers));
         for (std::int64_t l = 0; l < config_.num_layers; ++l)
-            caches_.emplace_back(B, config_.num_kv_heads, options_.context, config_.head_dim());
+            caches_.push_back(backend_.make_cache(B, config_.num_kv_heads, options_.context, config_.head_dim()));
         stores_.resize(weights_.cross_blocks.size());
         for (auto& s : stores_) s.seqs.resize(static_cast<std::size_t>(B));
         images_.assign(static_cast<std::size_t>(B), 0);
@@ -87,7 +97,8 @@ public:
     const llama_config& config() const { return config_; }
     const llama_weights& weights() const { return weights_; }
     /// The weights for a trainer that points trainable tensors at its own float32 copies (the
-    /// shapes and dtypes it sets must stay those the model was checked with).
+    /// shapes and dtypes it sets must stay those the model was checked with). A backend that copies
+    /// the weights (the CUDA one) does so at construction and does not see later changes.
     llama_weights& mutable_weights() { return weights_; }
     const llama_model_options& options() const { return options_; }
     std::int64_t batch() const { return options_.batch; }
@@ -98,9 +109,11 @@ public:
                        "a sequence index in [0, " + detail::to_text(batch()) + ")");
         return caches_.front().length(b);
     }
-    const kv_cache<KV>& cache(std::int64_t layer) const { return caches_.at(static_cast<std::size_t>(layer)); }
+    const cache_type& cache(std::int64_t layer) const { return caches_.at(static_cast<std::size_t>(layer)); }
     void set_attention(const attention_options& a) { options_.attention = a; }
     void set_num_threads(int n) { options_.num_threads = n; }
+    /// The backend running the layers (the CUDA one holds its device copies of the weights).
+    Backend& backend() { return backend_; }
 
     /// Forgets every cached token (a new conversation).
     void reset() {
@@ -152,7 +165,7 @@ public:
                                to_text(cached) + " cached + " + to_text(take[b]) + " new)",
                            "at most " + to_text(context()) + " tokens (the model's context; max_position_embeddings " +
                                to_text(config_.max_positions) + ")");
-            caches_.front().check_new_tokens(where, types, image_ids, b, take[b]);
+            check_new_tokens(where, types, image_ids, b, take[b], cached);
         }
         if (mode == logits_mode::all)
             MMCA_CHECK_ARG(!logits.empty() && logits.shape[0] == B && logits.shape[1] == L && logits.shape[2] == V &&
@@ -192,6 +205,8 @@ public:
     }
 
 private:
+    using buffer_type = typename Backend::template buffer<value_type>;
+
     void check_weights(const char* where) const {
         using detail::to_text;
         const std::int64_t H = config_.hidden_size, I = config_.intermediate_size, V = config_.vocab_size;
@@ -248,22 +263,21 @@ private:
         }
     }
 
-    static const float* bias_or_null(const std::vector<float>& b) { return b.empty() ? nullptr : b.data(); }
-
     void run(tensor_ref<const float, 3> embeddings, tensor_ref<const std::int8_t, 2> types,
              tensor_ref<const std::int32_t, 2> user_image_ids, const std::vector<std::int32_t>& take,
              tensor_ref<float, 3> logits, logits_mode mode) {
         const std::int64_t B = batch(), L = embeddings.shape[1], N = B * L, H = config_.hidden_size;
         const std::int64_t Hq = config_.num_heads, Hkv = config_.num_kv_heads, D = config_.head_dim();
-        const std::int64_t Wq = Hq * D, Wkv = Hkv * D;
-        const int threads = options_.num_threads;
+        const std::int64_t Wq = Hq * D, Wkv = Hkv * D, V = config_.vocab_size;
         const bool keep_images = options_.attention.variant == attention_variant::causal_cross;
+        backend_.set_num_threads(options_.num_threads);
 
-        // Row metadata: sequence, absolute position, type, image id, validity.
+        // Row metadata (host): sequence, absolute position, type, image id, validity.
         row_seq_.resize(N);
         row_pos_.resize(N);
         row_type_.resize(N);
         row_valid_.resize(N);
+        row_update_.resize(N);
         image_ids_.assign(static_cast<std::size_t>(N), -1);
         std::int64_t total_len = 0;
         for (std::int64_t b = 0; b < B; ++b) {
@@ -276,6 +290,8 @@ private:
                 row_pos_[n] = cached + i;
                 row_type_[n] = valid ? types(b, i) : std::int8_t{0};
                 row_valid_[n] = valid ? 1 : 0;
+                // Rows a layer updates: every valid row except causal_cross image rows (SPEC §2.4).
+                row_update_[n] = valid && !(keep_images && row_type_[n] == 2) ? 1 : 0;
                 if (!valid || row_type_[n] != 2) continue;
                 std::int32_t id;
                 if (!user_image_ids.empty()) {
@@ -291,132 +307,123 @@ private:
         // The last cached token's image id, for runs that continue into the next call.
         for (std::int64_t b = 0; b < B; ++b)
             if (take[b] > 0) last_image_[b] = image_ids_[b * L + take[b] - 1];
+        backend_.set_update_rows(row_update_);
 
-        // Hidden states (N, H) and, when needed, the untouched inputs.
+        // Hidden states (N, H) in the backend's memory; the untouched inputs stay on the host for the
+        // gated cross-attention blocks.
         hidden_.resize(static_cast<std::size_t>(N * H));
-        for (std::int64_t n = 0; n < N; ++n)
-            std::copy_n(embeddings.ptr(n / L, n % L), H, hidden_.data() + n * H);
-        tensor_ref<float, 2> h(hidden_.data(), {N, H});
-        const bool need_inputs = !weights_.cross_blocks.empty();
-        if (need_inputs) inputs_ = hidden_;
+        tensor_ref<value_type, 2> h(hidden_.data(), {N, H});
+        for (std::int64_t b = 0; b < B; ++b)
+            backend_.load_rows(tensor_ref<const float, 2>(embeddings.ptr(b), {L, H}, {embeddings.strides[1], 1}),
+                               tensor_ref<value_type, 2>(h.ptr(b * L), {L, H}));
+        if (!weights_.cross_blocks.empty()) {
+            inputs_.resize(static_cast<std::size_t>(N * H));
+            for (std::int64_t n = 0; n < N; ++n) std::copy_n(embeddings.ptr(n / L, n % L), H, inputs_.data() + n * H);
+        }
 
         // RoPE angles of every row.
         nn::rope_build(config_.rope(), row_pos_.data(), N, total_len, rope_);
+        backend_.set_rope(rope_);
 
         xn_.resize(static_cast<std::size_t>(N * H));
         proj_.resize(static_cast<std::size_t>(N * H));
         q_.resize(static_cast<std::size_t>(N * Wq));
         k_.resize(static_cast<std::size_t>(N * Wkv));
         v_.resize(static_cast<std::size_t>(N * Wkv));
-        qh_.resize(static_cast<std::size_t>(N * Wq));
-        kh_.resize(static_cast<std::size_t>(N * Wkv));
-        vh_.resize(static_cast<std::size_t>(N * Wkv));
-        ah_.resize(static_cast<std::size_t>(N * Wq));
-        tensor_ref<float, 2> xn(xn_.data(), {N, H}), proj(proj_.data(), {N, H}), q(q_.data(), {N, Wq}),
-            k(k_.data(), {N, Wkv}), v(v_.data(), {N, Wkv}), at(q_.data(), {N, Wq});
-        tensor_ref<float, 4> qh(qh_.data(), {B, Hq, L, D}), kh(kh_.data(), {B, Hkv, L, D}),
-            vh(vh_.data(), {B, Hkv, L, D}), ah(ah_.data(), {B, Hq, L, D});
+        a_.resize(static_cast<std::size_t>(N * Wq));
+        tensor_ref<value_type, 2> xn(xn_.data(), {N, H}), proj(proj_.data(), {N, H}), q(q_.data(), {N, Wq}),
+            k(k_.data(), {N, Wkv}), v(v_.data(), {N, Wkv}), a(a_.data(), {N, Wq});
+        // The same rows seen head-major, (B, heads, L, D), as the attention and the caches take them.
+        auto heads = [&](value_type* p, std::int64_t n_heads) {
+            const std::int64_t W = n_heads * D;
+            return tensor_ref<value_type, 4>(p, {B, n_heads, L, D}, {L * W, D, W, 1});
+        };
+        const tensor_ref<value_type, 4> qh = heads(q_.data(), Hq), kh = heads(k_.data(), Hkv),
+                                        vh = heads(v_.data(), Hkv), ah = heads(a_.data(), Hq);
         const tensor_ref<const std::int32_t, 2> ids_view(image_ids_.data(), {B, L});
         const tensor_ref<const std::int32_t, 1> take_view(take.data(), {B});
         const tensor_ref<const std::int8_t, 2> types_view(row_type_.data(), {B, L});
 
-        nn::row_metadata meta{row_seq_.data(), row_pos_.data(), row_type_.data(), image_ids_.data(), row_valid_.data()};
+        const nn::row_metadata meta{row_seq_.data(), row_pos_.data(), row_type_.data(), image_ids_.data(),
+                                    row_valid_.data()};
         std::size_t block = 0;
         const float eps = static_cast<float>(config_.rms_norm_eps);
-        // Rows a layer updates: every valid row except causal_cross image rows.
-        auto add_residual = [&](tensor_ref<float, 2> delta) {
-            for (std::int64_t n = 0; n < N; ++n) {
-                if (!row_valid_[n] || (keep_images && row_type_[n] == 2)) continue;
-                float* hr = h.ptr(n);
-                const float* dr = delta.ptr(n);
-                for (std::int64_t i = 0; i < H; ++i) hr[i] += dr[i];
-            }
-        };
+        attention_options ao = options_.attention;
+        // Tiny attention calls (decode steps of small models) stay on the calling thread.
+        ao.num_threads = double(N) * double(total_len) * double(Wq) < double(1 << 18) ? 1 : options_.num_threads;
         for (std::int64_t l = 0; l < config_.num_layers; ++l) {
             if (config_.cross_block_before(l)) {
-                nn::gated_cross_attention_forward(h, tensor_ref<const float, 2>(inputs_.data(), {N, H}), meta,
-                                                  weights_.cross_blocks[block], Hq, Hkv, D, eps,
-                                                  options_.attention.visibility, stores_[block], cross_scratch_,
-                                                  threads);
+                backend_.cross_block(h, tensor_ref<const float, 2>(inputs_.data(), {N, H}), meta,
+                                     weights_.cross_blocks[block], Hq, Hkv, D, eps, options_.attention.visibility,
+                                     stores_[block]);
                 ++block;
             }
-            const auto& w = weights_.layers[l];
-            nn::rmsnorm_forward(h, w.attn_norm.data(), eps, xn, threads);
-            nn::linear_forward(xn, w.q, bias_or_null(w.q_bias), q, threads);
-            nn::linear_forward(xn, w.k, bias_or_null(w.k_bias), k, threads);
-            nn::linear_forward(xn, w.v, bias_or_null(w.v_bias), v, threads);
-            nn::rope_apply(q.data, Wq, Hq, rope_);
-            nn::rope_apply(k.data, Wkv, Hkv, rope_);
-            // (N, heads·D) rows -> (B, heads, L, D) for the attention and the cache.
-            for (std::int64_t b = 0; b < B; ++b)
-                for (std::int64_t i = 0; i < L; ++i) {
-                    const std::int64_t n = b * L + i;
-                    for (std::int64_t hd = 0; hd < Hq; ++hd) std::copy_n(q.ptr(n) + hd * D, D, qh.ptr(b, hd, i));
-                    for (std::int64_t hd = 0; hd < Hkv; ++hd) {
-                        std::copy_n(k.ptr(n) + hd * D, D, kh.ptr(b, hd, i));
-                        std::copy_n(v.ptr(n) + hd * D, D, vh.ptr(b, hd, i));
-                    }
-                }
+            const auto& w = backend_.layer(weights_, l);
+            backend_.rmsnorm(h, w.attn_norm, eps, xn);
+            backend_.linear(xn, w.q, w.q_bias, q);
+            backend_.linear(xn, w.k, w.k_bias, k);
+            backend_.linear(xn, w.v, w.v_bias, v);
+            backend_.rope(qh);
+            backend_.rope(kh);
             auto& cache = caches_[static_cast<std::size_t>(l)];
-            cache.append(kh, vh, types_view, ids_view, take_view);
-            attention_options ao = options_.attention;
-            // Tiny attention calls (decode steps of small models) stay on the calling thread.
-            ao.num_threads = double(N) * double(total_len) * double(Wq) < double(1 << 18) ? 1 : threads;
-            attention_forward(tensor_ref<const float, 4>(qh), cache, ao, ah, options_.impl);
-            for (std::int64_t b = 0; b < B; ++b)
-                for (std::int64_t i = 0; i < L; ++i)
-                    for (std::int64_t hd = 0; hd < Hq; ++hd) std::copy_n(ah.ptr(b, hd, i), D, at.ptr(b * L + i) + hd * D);
-            nn::linear_forward(at, w.o, bias_or_null(w.o_bias), proj, threads);
-            add_residual(proj);
-            nn::rmsnorm_forward(h, w.mlp_norm.data(), eps, xn, threads);
-            nn::swiglu_forward(xn, w.mlp, proj, mlp_scratch_, threads);
-            add_residual(proj);
+            backend_.append(cache, kh, vh, types_view, ids_view, take_view);
+            backend_.attention(qh, cache, ao, options_.impl, ah);
+            backend_.linear(a, w.o, w.o_bias, proj);
+            backend_.add_rows(h, proj);
+            backend_.rmsnorm(h, w.mlp_norm, eps, xn);
+            backend_.swiglu(xn, w.mlp, proj);
+            backend_.add_rows(h, proj);
         }
 
         if (mode == logits_mode::none) return;
+        const auto& final_norm = backend_.final_norm(weights_);
         if (mode == logits_mode::all) {
-            nn::rmsnorm_forward(h, weights_.norm.data(), eps, xn, threads);
-            tensor_ref<float, 2> out(logits.data, {N, config_.vocab_size},
-                                     {logits.strides[1], 1});  // rows (b, i) -> b·L + i
+            backend_.rmsnorm(h, final_norm, eps, xn);
             if (logits.strides[0] == L * logits.strides[1]) {
-                nn::linear_forward(xn, weights_.lm_head, nullptr, out, threads);
+                // rows (b, i) -> b·L + i
+                backend_.logits(xn, weights_, tensor_ref<float, 2>(logits.data, {N, V}, {logits.strides[1], 1}));
             } else {
-                for (std::int64_t b = 0; b < B; ++b) {
-                    tensor_ref<const float, 2> xb(xn.ptr(b * L), {L, H});
-                    tensor_ref<float, 2> ob(logits.ptr(b), {L, config_.vocab_size}, {logits.strides[1], 1});
-                    nn::linear_forward(xb, weights_.lm_head, nullptr, ob, threads);
-                }
+                for (std::int64_t b = 0; b < B; ++b)
+                    backend_.logits(tensor_ref<const value_type, 2>(xn.ptr(b * L), {L, H}), weights_,
+                                    tensor_ref<float, 2>(logits.ptr(b), {L, V}, {logits.strides[1], 1}));
             }
             return;
         }
-        // last: the final new row of each sequence.
-        last_rows_.assign(static_cast<std::size_t>(B * H), 0.0f);
+        // last: the final new row of each sequence (a zero row for a sequence without new tokens).
+        last_index_.assign(static_cast<std::size_t>(B), -1);
         for (std::int64_t b = 0; b < B; ++b)
-            if (take[b] > 0) std::copy_n(h.ptr(b * L + take[b] - 1), H, last_rows_.data() + b * H);
-        tensor_ref<float, 2> lr(last_rows_.data(), {B, H});
-        nn::rmsnorm_forward(lr, weights_.norm.data(), eps, lr, threads);
-        tensor_ref<float, 2> out(logits.data, {B, config_.vocab_size}, {logits.strides[0], 1});
-        nn::linear_forward(lr, weights_.lm_head, nullptr, out, threads);
+            if (take[b] > 0) last_index_[b] = b * L + take[b] - 1;
+        last_rows_.resize(static_cast<std::size_t>(B * H));
+        tensor_ref<value_type, 2> lr(last_rows_.data(), {B, H});
+        backend_.gather_rows(h, last_index_, lr);
+        backend_.rmsnorm(lr, final_norm, eps, lr);
+        tensor_ref<float, 2> out(logits.data, {B, V}, {logits.strides[0], 1});
+        backend_.logits(lr, weights_, out);
         for (std::int64_t b = 0; b < B; ++b)
-            if (take[b] == 0) std::fill_n(out.ptr(b), config_.vocab_size, 0.0f);
+            if (take[b] == 0) std::fill_n(out.ptr(b), V, 0.0f);
     }
 
     llama_config config_;
     llama_weights weights_;
     llama_model_options options_;
-    std::vector<kv_cache<KV>> caches_;         // one per layer
+    Backend backend_;
+    std::vector<cache_type> caches_;           // one per layer
     std::vector<nn::cross_kv_store> stores_;   // one per gated cross-attention block
     std::vector<std::int32_t> images_;         // (B) images numbered so far
     std::vector<std::int32_t> last_image_;     // (B) image id of the last cached token, -1 when it is no image
-    // Scratch, reused across calls (sized for the largest call so far).
-    std::vector<float> hidden_, inputs_, xn_, proj_, q_, k_, v_, qh_, kh_, vh_, ah_, last_rows_, token_embeddings_;
+    // Scratch, reused across calls (sized for the largest call so far). Activations live where the
+    // backend keeps them; the row metadata and the cross blocks' inputs stay on the host.
+    buffer_type hidden_, xn_, proj_, q_, k_, v_, a_, last_rows_;
+    std::vector<float> inputs_, token_embeddings_;
     std::vector<std::int8_t> token_types_, row_type_;
-    std::vector<std::int64_t> row_seq_, row_pos_;
+    std::vector<std::int64_t> row_seq_, row_pos_, last_index_;
     std::vector<std::int32_t> image_ids_;
-    std::vector<std::uint8_t> row_valid_;
+    std::vector<std::uint8_t> row_valid_, row_update_;
     nn::rope_table rope_;
-    nn::swiglu_scratch mlp_scratch_;
-    nn::cross_attention_scratch cross_scratch_;
 };
+
+/// The decoder on the CPU with a KV cache of float, float16 or bfloat16.
+template <class KV = float>
+using llama_model = basic_llama_model<cpu::llama_backend<KV>>;
 
 }  // namespace mmca

@@ -5,9 +5,12 @@
 
 #include "mmca/backend/cuda/attention_backward.cuh"
 #include "mmca/backend/cuda/attention_fused.cuh"
+#include "mmca/backend/cuda/llama_backend.cuh"
 #include "mmca/core/error.hpp"
 
 #include <string>
+#include <utility>
+#include <variant>
 
 namespace mmca {
 namespace cuda {
@@ -100,6 +103,91 @@ void attention_backward(const device_view& q, const device_view& k, const device
                                           options, stats, as_mutable<T>(dq), as_mutable<T>(dk), as_mutable<T>(dv),
                                           static_cast<cudaStream_t>(stream));
     });
+}
+
+// ---- the decoder ---------------------------------------------------------------------------------
+
+struct llama_model::impl {
+    std::variant<mmca::cuda::llama_model<float>, mmca::cuda::llama_model<float16>,
+                 mmca::cuda::llama_model<bfloat16>>
+        model;
+    element type;
+
+    template <class F>
+    decltype(auto) visit(F&& f) {
+        return std::visit(std::forward<F>(f), model);
+    }
+    template <class F>
+    decltype(auto) visit(F&& f) const {
+        return std::visit(std::forward<F>(f), model);
+    }
+};
+
+namespace {
+
+/// Runs f, turning CUDA failures into lib::runtime_error.
+template <class F>
+decltype(auto) translated(F&& f) {
+    try {
+        return f();
+    } catch (const cuda_error& err) {
+        throw runtime_error(err.what());
+    }
+}
+
+template <class T>
+std::unique_ptr<llama_model::impl> make_impl(const llama_config& config, const llama_weights& weights,
+                                             const llama_model_options& options, element type) {
+    return std::unique_ptr<llama_model::impl>(
+        new llama_model::impl{mmca::cuda::llama_model<T>(config, weights, options), type});
+}
+
+}  // namespace
+
+llama_model::llama_model(const llama_config& config, const llama_weights& weights, const llama_model_options& options,
+                         element type) {
+    impl_ = translated([&] {
+        switch (type) {
+            case element::float16: return make_impl<float16>(config, weights, options, type);
+            case element::bfloat16: return make_impl<bfloat16>(config, weights, options, type);
+            case element::float32: break;
+        }
+        return make_impl<float>(config, weights, options, element::float32);
+    });
+}
+llama_model::llama_model(llama_model&&) noexcept = default;
+llama_model& llama_model::operator=(llama_model&&) noexcept = default;
+llama_model::~llama_model() = default;
+
+element llama_model::type() const { return impl_->type; }
+const llama_config& llama_model::config() const {
+    return impl_->visit([](const auto& m) -> const llama_config& { return m.config(); });
+}
+const llama_model_options& llama_model::options() const {
+    return impl_->visit([](const auto& m) -> const llama_model_options& { return m.options(); });
+}
+std::int64_t llama_model::batch() const { return options().batch; }
+std::int64_t llama_model::context() const { return options().context; }
+std::int64_t llama_model::length(std::int64_t b) const {
+    return impl_->visit([&](const auto& m) { return m.length(b); });
+}
+void llama_model::reset() {
+    impl_->visit([](auto& m) { m.reset(); });
+}
+void llama_model::set_attention(const attention_options& a) {
+    impl_->visit([&](auto& m) { m.set_attention(a); });
+}
+void llama_model::forward(tensor_ref<const float, 3> embeddings, tensor_ref<const std::int8_t, 2> types,
+                          tensor_ref<const std::int32_t, 2> image_ids, tensor_ref<const std::int32_t, 1> lens,
+                          tensor_ref<float, 3> logits, logits_mode mode) {
+    translated([&] { impl_->visit([&](auto& m) { m.forward(embeddings, types, image_ids, lens, logits, mode); }); });
+}
+void llama_model::forward_tokens(tensor_ref<const std::int32_t, 2> ids, tensor_ref<const std::int32_t, 1> lens,
+                                 tensor_ref<float, 3> logits, logits_mode mode) {
+    translated([&] { impl_->visit([&](auto& m) { m.forward_tokens(ids, lens, logits, mode); }); });
+}
+void llama_model::embed(const std::int32_t* ids, std::int64_t n, tensor_ref<float, 2> out) const {
+    impl_->visit([&](const auto& m) { m.embed(ids, n, out); });
 }
 
 }  // namespace lib

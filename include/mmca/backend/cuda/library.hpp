@@ -9,15 +9,22 @@
 //
 //   mmca::cuda::lib::attention_forward(q, k, v, tokens, options, out, stream, &stats)
 //   mmca::cuda::lib::attention_backward(q, k, v, dout, tokens, options, stats, dq, dk, dv, stream)
+//   mmca::cuda::lib::llama_model model(config, weights, options, element::bfloat16);   // the decoder
 #pragma once
 
 #include "mmca/attention/stats.hpp"
 #include "mmca/attention/types.hpp"
+#include "mmca/core/tensor.hpp"
+#include "mmca/language/config.hpp"
+#include "mmca/language/model.hpp"
+#include "mmca/language/weights.hpp"
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace mmca {
 namespace cuda {
@@ -78,6 +85,42 @@ void attention_backward(const device_view& q, const device_view& k, const device
                         const token_layout& tokens, const attention_options& options,
                         const attention_stats_view& stats, const device_view& dq, const device_view& dk,
                         const device_view& dv, void* stream = nullptr);
+
+/// The LLaMa-2 decoder on the current device (mmca::cuda::llama_model<T>, mmca/backend/cuda/
+/// llama_backend.cuh) with its element type chosen at run time. Same calls and checks as
+/// mmca::llama_model; the tensors passed here are host memory (embeddings and logits float32), the
+/// weights, activations and KV caches live on the device. Not safe to call from two threads at once.
+class llama_model {
+public:
+    /// Copies the weights to the device as `type` (float32, float16 or bfloat16).
+    llama_model(const llama_config& config, const llama_weights& weights, const llama_model_options& options,
+                element type);
+    llama_model(llama_model&&) noexcept;
+    llama_model& operator=(llama_model&&) noexcept;
+    ~llama_model();
+
+    element type() const;
+    const llama_config& config() const;
+    const llama_model_options& options() const;
+    std::int64_t batch() const;
+    std::int64_t context() const;
+    std::int64_t length(std::int64_t b = 0) const;
+    void reset();
+    void set_attention(const attention_options& a);
+
+    void forward(tensor_ref<const float, 3> embeddings, tensor_ref<const std::int8_t, 2> types,
+                 tensor_ref<const std::int32_t, 2> image_ids, tensor_ref<const std::int32_t, 1> lens,
+                 tensor_ref<float, 3> logits, logits_mode mode = logits_mode::all);
+    void forward_tokens(tensor_ref<const std::int32_t, 2> ids, tensor_ref<const std::int32_t, 1> lens,
+                        tensor_ref<float, 3> logits, logits_mode mode = logits_mode::all);
+    /// Token embeddings (on the host, from the host weights): out (N, H) for ids[0..n).
+    void embed(const std::int32_t* ids, std::int64_t n, tensor_ref<float, 2> out) const;
+
+    struct impl;
+
+private:
+    std::unique_ptr<impl> impl_;
+};
 
 }  // namespace lib
 }  // namespace cuda

@@ -1,0 +1,161 @@
+// tests/cuda/test_cuda_model.cpp - the LLaMa-2 decoder on the GPU (mmca::cuda::llama_model<S>)
+// against the same decoder on the CPU (mmca::llama_model<float>).
+//
+// Both run the one layer loop of mmca::basic_llama_model; what differs is every operation under it
+// (cuBLAS GEMMs, the CUDA kernels, the device KV cache). A run is a multi-round chat over a batch of
+// two sequences of different lengths with images: a prompt, a chunk on top of the cache, single
+// decode steps and a later round, each call's logits compared for every attention variant.
+//
+// Tolerances, norm-wise over each call's logits (max |gpu - cpu| <= tol · max |cpu|):
+//   float32 storage: 1e-4 (the model-level bound of the CPU model against HF transformers);
+//   float16 / bfloat16: 1e-2 / 6e-2. The weights are rounded to the storage type for both models,
+//   so the difference is the GPU model's 16-bit activations and KV cache; the bounds are about
+//   twice the relative size of one rounding of the hidden state through two layers (u = 2^-11 for
+//   float16, 2^-8 for bfloat16, amplified by the logits' dependence on it).
+#include "cuda_model_support.hpp"
+#include "cuda_test_support.hpp"
+#include "test_llama_util.hpp"
+
+#include "mmca/io/llama_loader.hpp"
+#include "mmca/language/model.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace mmca_cuda_test {
+namespace {
+
+using namespace mmca_test;
+
+mmca::llama_config model_config(std::int64_t cross_every) {
+    mmca::llama_config c = tiny_config(4, 2, 2);
+    c.hidden_size = 256;  // head dim 64: the tensor-core attention kernels
+    c.intermediate_size = 344;
+    c.vocab_size = 101;
+    c.max_positions = 256;
+    c.cross_attention_every = cross_every;
+    c.cross_attention_intermediate = cross_every > 0 ? 200 : 0;
+    return c;
+}
+
+/// A chat over two sequences: round 1 is a prompt with two images (sequence 1 shorter, padded),
+/// then a chunk of text on top of the cache, three decode steps and a second round with one more
+/// image.
+std::vector<model_step> chat_steps(std::int64_t H, unsigned seed) {
+    std::mt19937 gen(seed);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    auto step = [&](const std::vector<std::vector<std::int8_t>>& seqs) {
+        model_step s;
+        for (const auto& q : seqs) s.length = std::max<std::int64_t>(s.length, static_cast<std::int64_t>(q.size()));
+        s.embeddings.resize(static_cast<std::size_t>(2 * s.length * H));
+        for (auto& x : s.embeddings) x = nd(gen);
+        s.types.assign(static_cast<std::size_t>(2 * s.length), 0);
+        for (std::size_t b = 0; b < seqs.size(); ++b) {
+            std::copy(seqs[b].begin(), seqs[b].end(), s.types.begin() + static_cast<std::ptrdiff_t>(b * s.length));
+            s.lens.push_back(static_cast<std::int32_t>(seqs[b].size()));
+        }
+        return s;
+    };
+    auto run = [](std::vector<std::int8_t>& v, int type, int n) { v.insert(v.end(), n, static_cast<std::int8_t>(type)); };
+    std::vector<std::int8_t> a, b;
+    run(a, 1, 5), run(a, 2, 16), run(a, 1, 7), run(a, 2, 16), run(a, 1, 4);
+    run(b, 2, 16), run(b, 1, 9);
+    std::vector<model_step> steps{step({a, b})};
+    std::vector<std::int8_t> ca(6, 1), cb(3, 1);
+    steps.push_back(step({ca, cb}));
+    for (int i = 0; i < 3; ++i) steps.push_back(step({{1}, {1}}));
+    std::vector<std::int8_t> ra, rb;
+    run(ra, 1, 3), run(ra, 2, 16), run(ra, 1, 5);
+    run(rb, 1, 4);
+    steps.push_back(step({ra, rb}));
+    return steps;
+}
+
+struct loaded_model {
+    mmca::llama_config config;
+    mmca::llama_weights weights;
+};
+
+loaded_model load(const random_llama& r, const std::string& name) {
+    const std::string dir = write_llama(r, temp_path(name));
+    auto [config, weights] = mmca::io::load_llama(dir);
+    return {config, weights};
+}
+
+double worst_relative(const std::vector<float>& got, const std::vector<float>& want) {
+    double diff = 0.0, scale = 0.0;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+        if (!std::isfinite(got[i])) return INFINITY;
+        diff = std::max(diff, std::fabs(double(got[i]) - double(want[i])));
+        scale = std::max(scale, std::fabs(double(want[i])));
+    }
+    return diff / std::max(scale, 1e-30);
+}
+
+template <class S>
+void expect_matches_cpu(const loaded_model& m, mmca::attention_variant variant, mmca::image_visibility visibility,
+                        double tol, unsigned seed) {
+    mmca::llama_model_options o;
+    o.batch = 2;
+    o.attention.variant = variant;
+    o.attention.visibility = visibility;
+    const auto steps = chat_steps(m.config.hidden_size, seed);
+    mmca::llama_model<float> cpu(m.config, m.weights, o);
+    const auto want = run_steps(cpu, steps);
+    const auto got = cuda_llama_run<S>(m.config, m.weights, o, steps);
+    ASSERT_EQ(got.size(), want.size());
+    for (std::size_t s = 0; s < want.size(); ++s) {
+        // Rows past a sequence's length are not written by either model; compare the valid rows.
+        const std::int64_t L = steps[s].length, V = m.config.vocab_size;
+        std::vector<float> g, w;
+        for (std::int64_t b = 0; b < 2; ++b)
+            for (std::int64_t i = 0; i < steps[s].lens[static_cast<std::size_t>(b)]; ++i) {
+                const auto at = static_cast<std::ptrdiff_t>((b * L + i) * V);
+                g.insert(g.end(), got[s].begin() + at, got[s].begin() + at + V);
+                w.insert(w.end(), want[s].begin() + at, want[s].begin() + at + V);
+            }
+        EXPECT_LE(worst_relative(g, w), tol) << "call " << s << " (" << L << " positions)";
+    }
+}
+
+class CudaLlamaModel : public ::testing::TestWithParam<mmca::attention_variant> {};
+
+TEST_P(CudaLlamaModel, Float32MatchesCpu) {
+    MMCA_REQUIRE_GPU();
+    const auto m = load(make_random_llama(model_config(0), 31), "cuda_f32");
+    expect_matches_cpu<float>(m, GetParam(), mmca::image_visibility::preceding, 1e-4, 5);
+}
+
+TEST_P(CudaLlamaModel, Float16MatchesCpu) {
+    MMCA_REQUIRE_GPU();
+    random_llama r = make_random_llama(model_config(0), 32);
+    round_weights(r, "F16");
+    expect_matches_cpu<mmca::float16>(load(r, "cuda_f16"), GetParam(), mmca::image_visibility::all, 1e-2, 6);
+}
+
+TEST_P(CudaLlamaModel, Bfloat16MatchesCpu) {
+    MMCA_REQUIRE_GPU();
+    random_llama r = make_random_llama(model_config(0), 33);
+    round_weights(r, "BF16");
+    expect_matches_cpu<mmca::bfloat16>(load(r, "cuda_bf16"), GetParam(), mmca::image_visibility::latest, 6e-2, 7);
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, CudaLlamaModel,
+                         ::testing::Values(mmca::attention_variant::causal, mmca::attention_variant::mmca,
+                                           mmca::attention_variant::mmca_reference,
+                                           mmca::attention_variant::causal_cross),
+                         [](const auto& info) { return std::string(mmca::to_string(info.param)); });
+
+TEST(CudaLlamaModelBlocks, BiasesAndGatedCrossAttentionMatchCpu) {
+    MMCA_REQUIRE_GPU();
+    const auto m = load(make_random_llama(model_config(1), 34, 0.08f, true), "cuda_cross");
+    expect_matches_cpu<float>(m, mmca::attention_variant::causal, mmca::image_visibility::preceding, 1e-4, 8);
+}
+
+}  // namespace
+}  // namespace mmca_cuda_test
