@@ -14,6 +14,7 @@
 //   float16, 2^-8 for bfloat16, amplified by the logits' dependence on it).
 #include "cuda_model_support.hpp"
 #include "cuda_test_support.hpp"
+#include "llama_steps.hpp"
 #include "test_llama_util.hpp"
 
 #include "mmca/io/llama_loader.hpp"
@@ -43,39 +44,6 @@ mmca::llama_config model_config(std::int64_t cross_every) {
     return c;
 }
 
-/// A chat over two sequences: round 1 is a prompt with two images (sequence 1 shorter, padded),
-/// then a chunk of text on top of the cache, three decode steps and a second round with one more
-/// image.
-std::vector<model_step> chat_steps(std::int64_t H, unsigned seed) {
-    std::mt19937 gen(seed);
-    std::normal_distribution<float> nd(0.0f, 1.0f);
-    auto step = [&](const std::vector<std::vector<std::int8_t>>& seqs) {
-        model_step s;
-        for (const auto& q : seqs) s.length = std::max<std::int64_t>(s.length, static_cast<std::int64_t>(q.size()));
-        s.embeddings.resize(static_cast<std::size_t>(2 * s.length * H));
-        for (auto& x : s.embeddings) x = nd(gen);
-        s.types.assign(static_cast<std::size_t>(2 * s.length), 0);
-        for (std::size_t b = 0; b < seqs.size(); ++b) {
-            std::copy(seqs[b].begin(), seqs[b].end(), s.types.begin() + static_cast<std::ptrdiff_t>(b * s.length));
-            s.lens.push_back(static_cast<std::int32_t>(seqs[b].size()));
-        }
-        return s;
-    };
-    auto run = [](std::vector<std::int8_t>& v, int type, int n) { v.insert(v.end(), n, static_cast<std::int8_t>(type)); };
-    std::vector<std::int8_t> a, b;
-    run(a, 1, 5), run(a, 2, 16), run(a, 1, 7), run(a, 2, 16), run(a, 1, 4);
-    run(b, 2, 16), run(b, 1, 9);
-    std::vector<model_step> steps{step({a, b})};
-    std::vector<std::int8_t> ca(6, 1), cb(3, 1);
-    steps.push_back(step({ca, cb}));
-    for (int i = 0; i < 3; ++i) steps.push_back(step({{1}, {1}}));
-    std::vector<std::int8_t> ra, rb;
-    run(ra, 1, 3), run(ra, 2, 16), run(ra, 1, 5);
-    run(rb, 1, 4);
-    steps.push_back(step({ra, rb}));
-    return steps;
-}
-
 struct loaded_model {
     mmca::llama_config config;
     mmca::llama_weights weights;
@@ -85,16 +53,6 @@ loaded_model load(const random_llama& r, const std::string& name) {
     const std::string dir = write_llama(r, temp_path(name));
     auto [config, weights] = mmca::io::load_llama(dir);
     return {config, weights};
-}
-
-double worst_relative(const std::vector<float>& got, const std::vector<float>& want) {
-    double diff = 0.0, scale = 0.0;
-    for (std::size_t i = 0; i < want.size(); ++i) {
-        if (!std::isfinite(got[i])) return INFINITY;
-        diff = std::max(diff, std::fabs(double(got[i]) - double(want[i])));
-        scale = std::max(scale, std::fabs(double(want[i])));
-    }
-    return diff / std::max(scale, 1e-30);
 }
 
 template <class S>
@@ -109,18 +67,9 @@ void expect_matches_cpu(const loaded_model& m, mmca::attention_variant variant, 
     const auto want = run_steps(cpu, steps);
     const auto got = cuda_llama_run<S>(m.config, m.weights, o, steps);
     ASSERT_EQ(got.size(), want.size());
-    for (std::size_t s = 0; s < want.size(); ++s) {
-        // Rows past a sequence's length are not written by either model; compare the valid rows.
-        const std::int64_t L = steps[s].length, V = m.config.vocab_size;
-        std::vector<float> g, w;
-        for (std::int64_t b = 0; b < 2; ++b)
-            for (std::int64_t i = 0; i < steps[s].lens[static_cast<std::size_t>(b)]; ++i) {
-                const auto at = static_cast<std::ptrdiff_t>((b * L + i) * V);
-                g.insert(g.end(), got[s].begin() + at, got[s].begin() + at + V);
-                w.insert(w.end(), want[s].begin() + at, want[s].begin() + at + V);
-            }
-        EXPECT_LE(worst_relative(g, w), tol) << "call " << s << " (" << L << " positions)";
-    }
+    for (std::size_t s = 0; s < want.size(); ++s)
+        EXPECT_LE(worst_step_error(steps, got, want, m.config.vocab_size, s), tol)
+            << "call " << s << " (" << steps[s].length << " positions)";
 }
 
 class CudaLlamaModel : public ::testing::TestWithParam<mmca::attention_variant> {};
