@@ -22,25 +22,6 @@
 
 namespace mmca {
 
-/// Checks the metadata of `take` new tokens of sequence b that follow `cached` tokens, without
-/// changing anything: token types in {0, 1, 2}; explicit image indices in [0, position of the token]
-/// (what attention over a cache accepts). Both backends' models validate a whole step with it first.
-inline void check_new_tokens(const char* where, tensor_ref<const std::int8_t, 2> types,
-                             tensor_ref<const std::int32_t, 2> image_ids, std::int64_t b, std::int64_t take,
-                             std::int64_t cached) {
-    using detail::to_text;
-    for (std::int64_t i = 0; i < take; ++i) {
-        const std::int8_t t = types(b, i);
-        MMCA_CHECK_ARG(t >= 0 && t <= 2, where, "token_types",
-                       "token_types[" + to_text(b) + ", " + to_text(i) + "] = " + to_text(int(t)),
-                       "0 (pad), 1 (text) or 2 (image)");
-        if (t == 2 && !image_ids.empty())
-            MMCA_CHECK_ARG(image_ids(b, i) >= 0 && image_ids(b, i) <= cached + i, where, "image_ids",
-                           "image_ids[" + to_text(b) + ", " + to_text(i) + "] = " + to_text(image_ids(b, i)),
-                           "an image index in [0, " + to_text(cached + i) + "]");
-    }
-}
-
 template <class T = float>
 class kv_cache {
     static_assert(is_storage_type_v<T>, "mmca::kv_cache: storage must be float, float16 or bfloat16");

@@ -119,16 +119,7 @@ public:
                                to_text(lengths_[b]),
                            "at most " + to_text(capacity_ - lengths_[b]) + " (cache capacity " + to_text(capacity_) +
                                " tokens)");
-            for (std::int64_t i = 0; i < take; ++i) {
-                const std::int8_t t = types(b, i);
-                MMCA_CHECK_ARG(t >= 0 && t <= 2, where, "token_types",
-                               "token_types[" + to_text(b) + ", " + to_text(i) + "] = " + to_text(int(t)),
-                               "0 (pad), 1 (text) or 2 (image)");
-                if (t == 2 && !image_ids.empty())
-                    MMCA_CHECK_ARG(image_ids(b, i) >= 0 && image_ids(b, i) < capacity_, where, "image_ids",
-                                   "image_ids[" + to_text(b) + ", " + to_text(i) + "] = " + to_text(image_ids(b, i)),
-                                   "an image index in [0, " + to_text(capacity_) + ")");
-            }
+            mmca::check_new_tokens(where, types, image_ids, b, take, lengths_[b]);
             start_take[2 * b] = lengths_[b];
             start_take[2 * b + 1] = static_cast<std::int32_t>(take);
         }
