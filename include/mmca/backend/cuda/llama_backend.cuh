@@ -159,7 +159,7 @@ public:
     /// Copies the weights the layers use (not the token embedding: forward_tokens embeds on the host)
     /// to the current device, converting matrices to T.
     llama_backend(const llama_config& config, const llama_weights& w)
-        : handle_(std::make_unique<cublas_handle>()), lm_head_(llama_detail::upload_matrix<T>(w.lm_head)),
+        : handle_(make_handle()), lm_head_(llama_detail::upload_matrix<T>(w.lm_head)),
           norm_(llama_detail::upload_vector(w.norm)) {
         (void)config;
         layers_.reserve(w.layers.size());
@@ -291,6 +291,18 @@ public:
     }
 
 private:
+    /// The cuBLAS handle, after checking that there is a device to put the model on.
+    static std::unique_ptr<cublas_handle> make_handle() {
+        int count = 0;
+        const cudaError_t code = cudaGetDeviceCount(&count);
+        if (code != cudaSuccess) {
+            cudaGetLastError();
+            throw cuda_error("mmca::cuda::llama_model: no usable CUDA device (cudaGetDeviceCount)", code);
+        }
+        if (count == 0) throw cuda_error("mmca::cuda::llama_model: no CUDA device", cudaErrorNoDevice);
+        return std::make_unique<cublas_handle>();
+    }
+
     std::unique_ptr<cublas_handle> handle_;
     llama_detail::device_matrix<T> lm_head_;
     llama_detail::device_vector norm_;

@@ -1,0 +1,53 @@
+"""mmca.cuda on a machine without a usable GPU: the CUDA decoder's arguments are still checked, and
+constructing it raises mmca.cuda.CudaError naming the missing device instead of failing inside
+cuBLAS. Skipped where mmca was built without CUDA, or where a GPU is present (test_cuda.py runs
+there)."""
+import importlib
+import json
+
+import numpy as np
+import pytest
+
+from test_llama_bindings import write_safetensors
+
+try:
+    cuda = importlib.import_module("mmca.cuda")
+except ImportError:
+    pytest.skip("mmca was built without CUDA", allow_module_level=True)
+
+pytestmark = pytest.mark.skipif(cuda.available(), reason="a CUDA device is present")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("llama_nodevice")
+    rng = np.random.default_rng(0)
+    H, I, V = 16, 24, 20
+    t = {"model.embed_tokens.weight": rng.standard_normal((V, H)), "model.norm.weight": np.ones(H),
+         "lm_head.weight": rng.standard_normal((V, H))}
+    p = "model.layers.0."
+    for name, shape in [("input_layernorm.weight", (H,)), ("post_attention_layernorm.weight", (H,)),
+                        ("self_attn.q_proj.weight", (H, H)), ("self_attn.k_proj.weight", (H, H)),
+                        ("self_attn.v_proj.weight", (H, H)), ("self_attn.o_proj.weight", (H, H)),
+                        ("mlp.gate_proj.weight", (I, H)), ("mlp.up_proj.weight", (I, H)),
+                        ("mlp.down_proj.weight", (H, I))]:
+        t[p + name] = rng.standard_normal(shape)
+    write_safetensors(d / "model.safetensors", {k: v.astype(np.float32) for k, v in t.items()})
+    (d / "config.json").write_text(json.dumps(dict(
+        vocab_size=V, hidden_size=H, intermediate_size=I, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=16, rms_norm_eps=1e-5, hidden_act="silu")))
+    return d
+
+
+def test_llama_model_without_a_device_is_a_cuda_error(ckpt):
+    with pytest.raises(cuda.CudaError, match="no (usable )?CUDA device"):
+        cuda.LlamaModel(str(ckpt), dtype="bfloat16")  # the device is checked before cuBLAS starts
+
+
+def test_llama_model_arguments_are_checked_first(ckpt, tmp_path):
+    with pytest.raises(ValueError, match="'dtype'.*'float64'"):
+        cuda.LlamaModel(str(ckpt), dtype="float64")
+    with pytest.raises(ValueError, match="'variant'"):
+        cuda.LlamaModel(str(ckpt), variant="sideways")
+    with pytest.raises(ValueError, match="'path'.*missing"):
+        cuda.LlamaModel(str(tmp_path / "missing"))
