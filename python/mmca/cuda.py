@@ -13,6 +13,10 @@ metadata is host data as for :func:`mmca.attention`.
 With PyTorch, :func:`attention_torch` is a differentiable function: it allocates the output and
 the statistics on q's device and runs on PyTorch's current stream; its backward is mmca's fused
 backward.
+
+Models on the GPU, with numpy arrays on the host in and out as for their CPU counterparts:
+:class:`LlamaModel` (the decoder) and :class:`VisualChatModel` (decoder and QWen-VL encoder on the
+device).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import numpy as np
 
 try:
     from . import _cuda
-    from ._cuda import CudaError, LlamaModel, available, device, synchronize
+    from ._cuda import CudaError, LlamaModel, VisualChatModel, available, device, synchronize
 except ImportError as error:  # pragma: no cover - depends on the build
     raise ImportError("mmca.cuda: this mmca was built without CUDA (configure with -DMMCA_ENABLE_CUDA=ON "
                       "on a machine with nvcc)") from error
@@ -68,7 +72,8 @@ def attention_backward(q, k, v, dout, row_max, row_sum, group_out, dq, dk, dv, t
                              image_ids=t["image_ids"], policy=policy, scale=scale, kv_lens=t["kv_lens"],
                              q_lens=t["q_lens"], stream=stream)
 
-__all__ = ["CudaError", "LlamaModel", "attention", "attention_backward", "attention_torch", "available", "device", "synchronize"]
+__all__ = ["CudaError", "LlamaModel", "VisualChatModel", "attention", "attention_backward", "attention_torch",
+           "available", "device", "synchronize"]
 
 _function = None
 

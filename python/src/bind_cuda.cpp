@@ -10,6 +10,7 @@
 // errors in the arguments raise before anything is launched. Built only when CUDA is enabled.
 #include "array_args.hpp"
 #include "llama_binding.hpp"
+#include "visual_chat_binding.hpp"
 
 #include "mmca/backend/cuda/library.hpp"
 #include "mmca/io/llama_loader.hpp"
@@ -249,6 +250,52 @@ std::unique_ptr<cuda_llama_object> make_cuda_llama(const std::string& path, cons
         std::make_unique<cuda_llama_holder>(mmca::cuda::lib::llama_model(config, weights, options, type)));
 }
 
+// ---- the visual-chat model on the GPU -----------------------------------------------------------------
+
+/// mmca.cuda.VisualChatModel: mmca::cuda::lib::visual_chat_model (decoder and QWen-VL encoder on the
+/// device, projector on the host).
+class cuda_visual_chat_object {
+public:
+    static constexpr const char* python_name = "mmca.cuda.VisualChatModel";
+
+    explicit cuda_visual_chat_object(std::unique_ptr<mmca::cuda::lib::visual_chat_model> m) : model_(std::move(m)) {}
+
+    template <class F>
+    decltype(auto) visit(F&& f) {
+        return f(*model_);
+    }
+    template <class F>
+    decltype(auto) locked(F&& f) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return f(*model_);
+    }
+
+private:
+    std::unique_ptr<mmca::cuda::lib::visual_chat_model> model_;
+    std::mutex mutex_;
+};
+
+std::unique_ptr<cuda_visual_chat_object> make_cuda_visual_chat(
+    const std::string& path, const std::string& dtype, const std::string& config, const std::string& variant,
+    const std::optional<std::string>& policy, std::int64_t batch, std::int64_t context, std::int32_t image_token_id,
+    std::int64_t max_images, const std::string& image_order, std::int64_t image_cache, const std::string& clip_layer,
+    std::int64_t image_size, std::int64_t vision_heads, std::int64_t pool_heads, std::int64_t projector_heads,
+    std::int64_t projector_layer_heads, const std::string& projector_act, int num_threads) {
+    const char* where = cuda_visual_chat_object::python_name;
+    element type = element::float32;
+    if (dtype == "float16")
+        type = element::float16;
+    else if (dtype == "bfloat16")
+        type = element::bfloat16;
+    else if (dtype != "float32")
+        raise_value_error(where, "dtype", "'" + dtype + "'", "'float32', 'float16' or 'bfloat16'");
+    const mmca::visual_chat_load_options load = parse_visual_chat_load(
+        where, config, variant, policy, batch, context, image_token_id, max_images, image_order, image_cache, clip_layer,
+        image_size, vision_heads, pool_heads, projector_heads, projector_layer_heads, projector_act, num_threads);
+    py::gil_scoped_release release;
+    return std::make_unique<cuda_visual_chat_object>(mmca::cuda::lib::load_visual_chat_model(path, load, type));
+}
+
 }  // namespace
 }  // namespace mmca::python
 
@@ -305,4 +352,38 @@ states per block).
                 return std::string(mmca::cuda::lib::to_string(s.visit([](auto& h) { return h.model.type(); })));
             }, "Element type on the device.");
     def_llama_inference(llama_class, "mmca.cuda.LlamaModel");
+
+    py::class_<cuda_visual_chat_object> chat_class(m, "VisualChatModel", R"doc(
+The visual-chat model on the GPU: mmca.VisualChatModel's splice, image cache, batch forward and chat
+rounds over the GPU decoder (weights, activations and KV caches in device memory of `dtype`), with a
+QWen-VL vision encoder on the device too; the projector (and a CLIP encoder) run on the host. Images,
+token ids and logits are numpy arrays on the host, exactly as for mmca.VisualChatModel.
+
+Parameters
+----------
+path : str
+    A visual-chat checkpoint (as mmca.VisualChatModel).
+dtype : {'float32', 'float16', 'bfloat16'}
+    Element type on the device (GEMMs accumulate in float32; logits are float32).
+config, variant, policy, batch, context, image_token_id, max_images, image_order, image_cache,
+clip_layer, image_size, vision_heads, pool_heads, projector_heads, projector_layer_heads,
+projector_act, num_threads
+    As for mmca.VisualChatModel (num_threads: the host-side projector and cross blocks).
+
+Training (loss_and_grads) is the CPU model's.
+)doc");
+    chat_class.def(py::init(&make_cuda_visual_chat), py::arg("path"), py::kw_only(), py::arg("dtype") = "float32",
+                   py::arg("config") = "", py::arg("variant") = "mmca", py::arg("policy") = py::none(),
+                   py::arg("batch") = 1, py::arg("context") = 0, py::arg("image_token_id") = 32001,
+                   py::arg("max_images") = 8, py::arg("image_order") = "in_order", py::arg("image_cache") = 32,
+                   py::arg("clip_layer") = "last_hidden_state", py::arg("image_size") = 0,
+                   py::arg("vision_heads") = 0, py::arg("pool_heads") = 0, py::arg("projector_heads") = 0,
+                   py::arg("projector_layer_heads") = 0, py::arg("projector_act") = "gelu", py::arg("num_threads") = 0)
+        .def_property_readonly("dtype", [](cuda_visual_chat_object& s) {
+                return std::string(mmca::cuda::lib::to_string(s.visit([](auto& m) { return m.language().type(); })));
+            }, "Element type on the device.")
+        .def_property_readonly("encoder_on_device", [](cuda_visual_chat_object& s) {
+                return s.visit([](auto& m) { return mmca::cuda::lib::encoder_on_device(m); });
+            }, "True when the vision encoder runs on the GPU (QWen-VL), False for CLIP (host).");
+    def_visual_chat_inference(chat_class);
 }

@@ -7,6 +7,7 @@
 #include "text_args.hpp"
 #include "bindings.hpp"
 #include "lora_args.hpp"
+#include "visual_chat_binding.hpp"
 #include "visual_chat_object.hpp"
 
 #include "mmca/chat/session.hpp"
@@ -49,35 +50,9 @@ std::unique_ptr<visual_chat_object> make_model(const std::string& path, const st
                                                std::int64_t projector_layer_heads, const std::string& projector_act,
                                                int num_threads) {
     const char* where = "mmca.VisualChatModel";
-    mmca::visual_chat_load_options load;
-    load.config_path = config;
-    if (image_size < 0 || vision_heads < 0 || pool_heads < 0 || projector_heads < 0 || projector_layer_heads < 0)
-        raise_value_error(where, "image_size / heads",
-                          std::to_string(image_size) + " / " + std::to_string(vision_heads) + ", " +
-                              std::to_string(pool_heads) + ", " + std::to_string(projector_heads) + ", " +
-                              std::to_string(projector_layer_heads),
-                          "counts >= 0 (0: the default)");
-    if (image_size > 0) load.qwen.image_size = image_size;
-    if (vision_heads > 0) load.qwen.heads = load.clip.num_heads = vision_heads;
-    if (pool_heads > 0) load.qwen.pool_heads = pool_heads;
-    load.projector.heads = projector_heads;
-    if (projector_layer_heads > 0) load.projector.layer.heads = projector_layer_heads;
-    load.projector.layer.act = rethrow_as(where, [&] { return mmca::nn::parse_activation(projector_act); });
-    load.clip_layer = rethrow_as(where, [&] { return mmca::vision::parse_clip_output(clip_layer); });
-    auto& o = load.options;
-    o.language.batch = batch;
-    o.language.context = context;
-    o.language.attention = parse_attention_options(where, variant, policy, std::nullopt, num_threads);
-    o.language.num_threads = num_threads;
-    o.image_token_id = image_token_id;
-    o.max_images = max_images;
-    o.image_cache_capacity = image_cache;
-    if (image_order == "in_order")
-        o.order = mmca::image_order::in_order;
-    else if (image_order == "reverse")
-        o.order = mmca::image_order::reverse;
-    else
-        raise_value_error(where, "image_order", "'" + image_order + "'", "'in_order' (SPEC §6) or 'reverse' (the reference code)");
+    const mmca::visual_chat_load_options load = parse_visual_chat_load(
+        where, config, variant, policy, batch, context, image_token_id, max_images, image_order, image_cache, clip_layer,
+        image_size, vision_heads, pool_heads, projector_heads, projector_layer_heads, projector_act, num_threads);
     const mmca::dtype kv = kv_dtype_of(where, kv_dtype);
     py::gil_scoped_release release;
     switch (kv) {
@@ -88,103 +63,6 @@ std::unique_ptr<visual_chat_object> make_model(const std::string& path, const st
         case mmca::dtype::float32: break;
     }
     return std::make_unique<visual_chat_object>(mmca::load_visual_chat_model<float>(path, load));
-}
-
-/// An (n, 3, S, S) float32 image batch (or None: no images), read in place.
-std::pair<std::optional<py::array>, mmca::tensor_ref<const float, 4>> image_batch(py::handle obj, const char* where,
-                                                                                 const char* name) {
-    if (obj.is_none()) return {std::nullopt, {}};
-    py::array a = require_tensor(obj, {where, name, 4, "(n, 3, S, S)"}, py::dtype::of<float>(), "float32");
-    return {a, tensor_view<const float, 4>(a)};
-}
-
-std::vector<std::int32_t> token_list(py::handle obj, const char* where, const char* name) {
-    py::array a = integer_metadata<std::int32_t>(obj, {where, name, 1, "(L,)"}, "an int32 token id");
-    const auto* p = static_cast<const std::int32_t*>(a.data());
-    return std::vector<std::int32_t>(p, p + a.size());
-}
-
-py::array embed_images(visual_chat_object& self, py::handle images) {
-    const char* where = "mmca.VisualChatModel.embed_images";
-    auto [keep, view] = image_batch(images, where, "images");
-    if (!keep) raise_type_error(where, "images", "None", "a float32 (n, 3, S, S) array");
-    const auto [T, H] = self.visit([](auto& m) { return std::make_pair(m.tower().tokens_per_image(), m.tower().width()); });
-    const std::int64_t n = view.shape[0];
-    py::array_t<float> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(T), static_cast<py::ssize_t>(H)});
-    mmca::tensor_ref<float, 3> o(out.mutable_data(), {n, T, H});
-    py::gil_scoped_release release;
-    self.locked([&](auto& m) { m.embed_images(view, o); });
-    return out;
-}
-
-/// The batch samples of forward-style arguments (ids, images, labels lists), with the arrays kept alive.
-std::vector<mmca::visual_sample> samples_of(const char* where, py::list ids, py::object images, py::object labels,
-                                            std::vector<py::array>& keep) {
-    const std::size_t B = py::len(ids);
-    if (!images.is_none() && py::len(images) != B)
-        raise_value_error(where, "images", std::to_string(py::len(images)) + " entries",
-                          std::to_string(B) + " (one (n, 3, S, S) array or None per sequence)");
-    if (!labels.is_none() && py::len(labels) != B)
-        raise_value_error(where, "labels", std::to_string(py::len(labels)) + " entries",
-                          std::to_string(B) + " (one label sequence per sequence)");
-    std::vector<mmca::visual_sample> samples(B);
-    for (std::size_t b = 0; b < B; ++b) {
-        samples[b].ids = token_list(ids[b], where, "ids");
-        if (!labels.is_none()) samples[b].labels = token_list(py::list(labels)[b], where, "labels");
-        if (!images.is_none()) {
-            auto [a, view] = image_batch(py::list(images)[b], where, "images");
-            if (a) keep.push_back(*a);
-            samples[b].images = view;
-        }
-    }
-    return samples;
-}
-
-py::dict forward(visual_chat_object& self, py::list ids, py::object images, py::object labels) {
-    const char* where = "mmca.VisualChatModel.forward";
-    std::vector<py::array> keep;
-    const auto samples = samples_of(where, ids, images, labels, keep);
-    const std::size_t B = samples.size();
-    std::vector<float> logits;
-    std::int64_t L = 0;
-    mmca::loss_result loss;
-    std::vector<mmca::spliced_sequence> seqs;
-    std::int64_t Bm = 0, V = 0;
-    {
-        py::gil_scoped_release release;
-        self.locked([&](auto& m) {
-            seqs = m.forward(samples, logits, L, &loss);
-            Bm = m.language().batch();
-            V = m.language().config().vocab_size;
-        });
-    }
-    const std::int64_t Lr = std::max<std::int64_t>(L, 1);
-    py::array_t<float> out({static_cast<py::ssize_t>(B), static_cast<py::ssize_t>(Lr), static_cast<py::ssize_t>(V)});
-    std::copy_n(logits.data(), static_cast<std::size_t>(B) * Lr * V, out.mutable_data());
-    (void)Bm;
-    py::array_t<std::int8_t> types({static_cast<py::ssize_t>(B), static_cast<py::ssize_t>(Lr)});
-    py::array_t<std::int32_t> image_ids({static_cast<py::ssize_t>(B), static_cast<py::ssize_t>(Lr)});
-    py::array_t<std::int32_t> lab({static_cast<py::ssize_t>(B), static_cast<py::ssize_t>(Lr)});
-    std::fill_n(types.mutable_data(), B * Lr, std::int8_t{0});
-    std::fill_n(image_ids.mutable_data(), B * Lr, -1);
-    std::fill_n(lab.mutable_data(), B * Lr, mmca::ignore_label);
-    py::list lengths;
-    for (std::size_t b = 0; b < B; ++b) {
-        const auto& s = seqs[b];
-        std::copy(s.types.begin(), s.types.end(), types.mutable_data() + b * Lr);
-        std::copy(s.image_ids.begin(), s.image_ids.end(), image_ids.mutable_data() + b * Lr);
-        std::copy(s.labels.begin(), s.labels.end(), lab.mutable_data() + b * Lr);
-        lengths.append(s.length());
-    }
-    py::dict d;
-    d["logits"] = out;
-    d["loss"] = loss.mean();
-    d["count"] = loss.count;
-    d["lengths"] = lengths;
-    d["token_types"] = types;
-    d["image_ids"] = image_ids;
-    d["labels"] = lab;
-    return d;
 }
 
 py::dict loss_and_grads(visual_chat_object& self, py::list ids, py::object images, py::object labels, bool embedding,
@@ -233,43 +111,6 @@ py::dict loss_and_grads(visual_chat_object& self, py::list ids, py::object image
     d["count"] = r.count;
     d["grads"] = grads;
     return d;
-}
-
-py::array append(visual_chat_object& self, py::handle ids, py::object images) {
-    const char* where = "mmca.VisualChatModel.append";
-    const auto t = token_list(ids, where, "ids");
-    auto [keep, view] = image_batch(images, where, "images");
-    const std::int64_t V = self.visit([](auto& m) { return m.language().config().vocab_size; });
-    py::array_t<float> out(static_cast<py::ssize_t>(V));
-    float* o = out.mutable_data();
-    py::gil_scoped_release release;
-    self.locked([&](auto& m) { m.append(t, view, o); });
-    return out;
-}
-
-py::tuple chat_round(visual_chat_object& self, py::handle ids, py::object images, std::int64_t max_new_tokens,
-                     float temperature, std::int64_t top_k, float top_p, float repetition_penalty, std::uint64_t seed,
-                     const std::optional<std::vector<std::int32_t>>& eos_ids,
-                     const std::optional<std::function<py::object(std::int32_t)>>& on_token) {
-    const char* where = "mmca.VisualChatModel.chat";
-    const auto t = token_list(ids, where, "ids");
-    auto [keep, view] = image_batch(images, where, "images");
-    const mmca::generation_options g =
-        parse_generation_options(where, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, eos_ids);
-    std::function<bool(std::int32_t)> stream;
-    if (on_token) {
-        // The callback runs Python: take the GIL for it; a Python exception ends the round and is re-raised.
-        stream = [&](std::int32_t id) {
-            py::gil_scoped_acquire acquire;
-            return (*on_token)(id).ptr() != Py_False;  // only an explicit False stops
-        };
-    }
-    mmca::generation_result r;
-    {
-        py::gil_scoped_release release;
-        r = self.locked([&](auto& m) { return m.round(t, view, g, stream); });
-    }
-    return py::make_tuple(py::cast(r.tokens), mmca::to_string(r.reason));
 }
 
 /// mmca.ChatSession: a conversation on a VisualChatModel (which it keeps alive, with the tokenizer).
@@ -377,7 +218,7 @@ py::dict ask(chat_session_object& self, const std::string& question, py::object 
 }  // namespace
 
 void register_visual_chat(py::module_& m) {
-    py::class_<visual_chat_object>(m, "VisualChatModel", R"doc(
+    py::class_<visual_chat_object> cls(m, "VisualChatModel", R"doc(
 The visual-chat model (SPEC §1, §6): a frozen vision encoder (QWen-VL ViT or CLIP), a projector, and
 the LLaMa-2 decoder under an attention variant, from one checkpoint with the reference names
 (vis_encoder.*, projection.*, lang_decoder.*, lang_embed.weight). The decoder's config.json is read
@@ -386,27 +227,14 @@ their tensors; what shapes cannot say has QWen-VL's / CLIP ViT-L's values unless
 (QWen: 448), vision_heads (QWen 16, CLIP width/64), pool_heads (32), projector_heads (perceiver,
 0: H/128), projector_layer_heads (vit, 16) and projector_act (vit layer activation, "gelu"). Images are preprocessed float32 arrays
 (n, 3, S, S); token ids carry one <image> placeholder (image_token_id) per image.
-)doc")
-        .def(py::init(&make_model), py::arg("path"), py::kw_only(), py::arg("config") = "",
+)doc");
+    cls.def(py::init(&make_model), py::arg("path"), py::kw_only(), py::arg("config") = "",
              py::arg("variant") = "mmca", py::arg("policy") = py::none(), py::arg("kv_dtype") = "float32",
              py::arg("batch") = 1, py::arg("context") = 0, py::arg("image_token_id") = 32001,
              py::arg("max_images") = 8, py::arg("image_order") = "in_order", py::arg("image_cache") = 32,
              py::arg("clip_layer") = "last_hidden_state", py::arg("image_size") = 0, py::arg("vision_heads") = 0,
              py::arg("pool_heads") = 0, py::arg("projector_heads") = 0, py::arg("projector_layer_heads") = 0,
              py::arg("projector_act") = "gelu", py::arg("num_threads") = 0)
-        .def_property_readonly("image_size", [](visual_chat_object& s) { return s.visit([](auto& m) { return m.tower().image_size(); }); })
-        .def_property_readonly("tokens_per_image",
-                               [](visual_chat_object& s) { return s.visit([](auto& m) { return m.tower().tokens_per_image(); }); })
-        .def_property_readonly("hidden_size", [](visual_chat_object& s) {
-            return s.visit([](auto& m) { return m.language().config().hidden_size; });
-        })
-        .def_property_readonly("vocab_size", [](visual_chat_object& s) {
-            return s.visit([](auto& m) { return m.language().config().vocab_size; });
-        })
-        .def_property_readonly("batch", [](visual_chat_object& s) { return s.visit([](auto& m) { return m.language().batch(); }); })
-        .def_property_readonly("context", [](visual_chat_object& s) { return s.visit([](auto& m) { return m.language().context(); }); })
-        .def_property_readonly("image_token_id",
-                               [](visual_chat_object& s) { return s.visit([](auto& m) { return m.options().image_token_id; }); })
         .def_property_readonly("encoder", [](visual_chat_object& s) {
             return s.visit([](auto& m) {
                 return std::string(mmca::to_string(static_cast<mmca::encoder_projector_tower&>(m.tower()).encoder_kind()));
@@ -417,20 +245,6 @@ their tensors; what shapes cannot say has QWen-VL's / CLIP ViT-L's values unless
                 return std::string(mmca::vision::to_string(static_cast<mmca::encoder_projector_tower&>(m.tower()).projector().kind()));
             });
         })
-        .def_property_readonly("images_embedded", [](visual_chat_object& s) { return s.locked([](auto& m) { return m.images_embedded(); }); },
-                               "Images run through the vision tower so far (cache hits do not count).")
-        .def_property_readonly("cached_images", [](visual_chat_object& s) { return s.locked([](auto& m) { return m.cached_images(); }); })
-        .def_property_readonly("images_in_context", [](visual_chat_object& s) { return s.locked([](auto& m) { return m.images_in_context(0); }); })
-        .def_property_readonly("length", [](visual_chat_object& s) { return s.locked([](auto& m) { return m.language().length(0); }); },
-                               "Tokens cached for sequence 0 (after splicing).")
-        .def("embed_images", &embed_images, py::arg("images"),
-             "(n, T, H) float32: the projector's rows of each image (cached by content).")
-        .def("forward", &forward, py::arg("ids"), py::arg("images") = py::none(), py::arg("labels") = py::none(),
-             R"doc(Runs up to `batch` sequences from scratch (the cache is cleared first).
-ids: a list of token-id sequences; images: a list of (n_b, 3, S, S) float32 arrays or None per
-sequence (or None); labels: a list of label sequences (-100: not supervised) or None. Returns a dict:
-logits (B, L, V) float32 over the spliced sequences (L the longest), loss (mean shifted
-cross-entropy; 0.0 when nothing is supervised), count, lengths, token_types, image_ids, labels.)doc")
         .def("loss_and_grads", &loss_and_grads, py::arg("ids"), py::arg("images") = py::none(),
              py::arg("labels") = py::none(), py::kw_only(), py::arg("embedding") = true, py::arg("projector") = true,
              py::arg("normalizer") = 0.0, py::arg("cross_blocks") = false, py::arg("lora") = py::none(),
@@ -453,18 +267,8 @@ count, grads (name -> float32 array).)doc")
              py::kw_only(), py::arg("rank") = 8, py::arg("alpha") = 16.0, py::arg("targets") = "qv", py::arg("seed") = 0,
              R"doc(Fresh LoRA adapters for the decoder's attention projections (targets: letters of 'qkvo' or 'all'):
 a dict '...layers.N.self_attn.P_proj.lora_A.weight' (rank, in) uniform on +-1/sqrt(in) from seed,
-'...lora_B.weight' (out, rank) zero. Pass them with lora_alpha=alpha to loss_and_grads.)doc")
-        .def("append", &append, py::arg("ids"), py::arg("images") = py::none(),
-             "Appends ids (with placeholders) and their images to the cache; returns the last token's logits (V,).")
-        .def("chat", &chat_round, py::arg("ids"), py::arg("images") = py::none(), py::kw_only(),
-             py::arg("max_new_tokens") = 128, py::arg("temperature") = 0.0f, py::arg("top_k") = 0, py::arg("top_p") = 1.0f,
-             py::arg("repetition_penalty") = 1.0f, py::arg("seed") = 0, py::arg("eos_ids") = py::none(),
-             py::arg("on_token") = py::none(),
-             R"doc(One chat round on the cache: prefills ids and images after the conversation so far, then
-generates. on_token(id) is called for each new token (returning False stops; None goes on). Returns (tokens, reason).)doc")
-        .def("reset", [](visual_chat_object& s) { s.locked([](auto& m) { m.reset(); }); },
-             "Forgets the conversation (the image cache stays).")
-        .def("clear_image_cache", [](visual_chat_object& s) { s.locked([](auto& m) { m.clear_image_cache(); }); });
+'...lora_B.weight' (out, rank) zero. Pass them with lora_alpha=alpha to loss_and_grads.)doc");
+    def_visual_chat_inference(cls);
 
     py::class_<chat_session_object>(m, "ChatSession", R"doc(
 A multi-round, multi-image conversation (SPEC §6) on a VisualChatModel with a Tokenizer: each

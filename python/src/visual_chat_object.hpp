@@ -15,6 +15,8 @@ namespace mmca::python {
 /// A visual-chat model of a runtime-chosen KV cache dtype.
 class visual_chat_object {
 public:
+    static constexpr const char* python_name = "mmca.VisualChatModel";
+
     template <class KV>
     explicit visual_chat_object(std::unique_ptr<mmca::visual_chat_model<KV>> m) : model_(std::move(m)) {}
 

@@ -216,3 +216,42 @@ def test_llama_model_chat_and_16_bit(tmp_path):
         np.testing.assert_allclose(got, ref, atol=tol * np.abs(ref).max())
     with pytest.raises(ValueError, match="'dtype'"):
         cuda.LlamaModel(str(tmp_path), dtype="float64")
+
+
+def test_visual_chat_model_matches_the_cpu_model(tmp_path):
+    """mmca.cuda.VisualChatModel (QWen-VL encoder and decoder on the GPU) against mmca.VisualChatModel
+    on one checkpoint (tests/test_trainer.py's: a small QWen ViT, a projector, a LLaMa with cross
+    blocks): a batch forward with labels, greedy chat rounds with images, one more append; then the
+    16-bit forward within its storage precision."""
+    mmca = pytest.importorskip("mmca")
+    if not hasattr(mmca, "VisualChatModel"):
+        pytest.skip("the CPU module is not built")
+    from test_trainer import IMG, S, checkpoint
+    path = checkpoint(tmp_path / "vc", seed=4)
+    kw = dict(image_size=S, vision_heads=4, pool_heads=2, image_token_id=IMG, num_threads=1)
+    rng = np.random.default_rng(5)
+    images = [rng.standard_normal((2, 3, S, S)).astype(np.float32), rng.standard_normal((1, 3, S, S)).astype(np.float32)]
+    ids = [[1, 5, IMG, 9, 12, IMG, 4, 2], [1, IMG, 7, 8]]
+    labels = [[-100, -100, -100, -100, 12, -100, 4, 2], [-100, -100, 7, 8]]
+    cpu = mmca.VisualChatModel(path, batch=2, **kw)
+    gpu = cuda.VisualChatModel(path, batch=2, dtype="float32", **kw)
+    assert gpu.encoder_on_device and gpu.dtype == "float32"
+    want, got = cpu.forward(ids, images, labels), gpu.forward(ids, images, labels)
+    np.testing.assert_allclose(got["logits"], want["logits"], atol=1e-4 * np.abs(want["logits"]).max())
+    assert got["count"] == want["count"] and abs(got["loss"] - want["loss"]) < 1e-4 * max(1.0, abs(want["loss"]))
+    np.testing.assert_allclose(gpu.embed_images(images[0]), cpu.embed_images(images[0]), rtol=0, atol=1e-4 * np.abs(
+        cpu.embed_images(images[0])).max())
+
+    cpu1, gpu1 = mmca.VisualChatModel(path, **kw), cuda.VisualChatModel(path, **kw)
+    for prompt, imgs in (([1, 7, IMG, 9], images[1]), ([1, 4, IMG, IMG, 5, 6], images[0])):
+        assert gpu1.chat(prompt, imgs, max_new_tokens=4, eos_ids=[-1]) == cpu1.chat(prompt, imgs, max_new_tokens=4,
+                                                                                    eos_ids=[-1])
+    a, b = cpu1.append([3, 4]), gpu1.append([3, 4])
+    np.testing.assert_allclose(b, a, atol=1e-4 * np.abs(a).max())
+    assert gpu1.length == cpu1.length and gpu1.images_in_context == 3
+
+    for dtype, tol in (("float16", 1e-2), ("bfloat16", 6e-2)):
+        low = cuda.VisualChatModel(path, batch=2, dtype=dtype, **kw).forward(ids, images, labels)
+        np.testing.assert_allclose(low["logits"], want["logits"], atol=tol * np.abs(want["logits"]).max())
+    with pytest.raises(ValueError, match="'dtype'"):
+        cuda.VisualChatModel(path, dtype="float64", **kw)

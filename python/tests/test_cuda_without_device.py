@@ -1,5 +1,5 @@
-"""mmca.cuda on a machine without a usable GPU: the CUDA decoder's arguments are still checked, and
-constructing it raises mmca.cuda.CudaError naming the missing device instead of failing inside
+"""mmca.cuda on a machine without a usable GPU: the arguments of the CUDA decoder and of the CUDA
+visual-chat model are still checked, and constructing either raises mmca.cuda.CudaError naming the missing device instead of failing inside
 cuBLAS. Skipped where mmca was built without CUDA, or where a GPU is present (test_cuda.py runs
 there)."""
 import importlib
@@ -51,3 +51,15 @@ def test_llama_model_arguments_are_checked_first(ckpt, tmp_path):
         cuda.LlamaModel(str(ckpt), variant="sideways")
     with pytest.raises(ValueError, match="'path'.*missing"):
         cuda.LlamaModel(str(tmp_path / "missing"))
+
+
+def test_visual_chat_model_without_a_device_is_a_cuda_error(tmp_path):
+    from test_trainer import IMG, S, checkpoint
+    path = checkpoint(tmp_path / "vc")
+    kw = dict(image_size=S, vision_heads=4, pool_heads=2, image_token_id=IMG)
+    with pytest.raises(ValueError, match="'dtype'.*'float64'"):
+        cuda.VisualChatModel(path, dtype="float64", **kw)
+    with pytest.raises(ValueError, match="'image_order'"):
+        cuda.VisualChatModel(path, image_order="sideways", **kw)
+    with pytest.raises(cuda.CudaError, match="no (usable )?CUDA device"):
+        cuda.VisualChatModel(path, dtype="bfloat16", **kw)

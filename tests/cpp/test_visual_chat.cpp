@@ -1,9 +1,11 @@
 // The visual-chat model's own logic (mmca/model/visual_chat.hpp): splicing images into token
 // sequences (in order and reversed), token types, image ids and labels; the shifted cross-entropy;
 // the image cache; a batch forward against separate runs; chat rounds on the cache against a full
-// recompute; errors that change nothing. The vision tower here is a small stand-in whose rows are
+// recompute; errors that change nothing; the same model over a second language-model backend
+// (basic_visual_chat_model over the plain-loop backend of naive_llama_backend.hpp). The vision tower here is a small stand-in whose rows are
 // a fixed function of the pixels; the real encoders and projectors are checked against their
 // oracles in tests/python, and the assembled model in tests/python/test_visual_chat.py.
+#include "naive_llama_backend.hpp"
 #include "test_llama_util.hpp"
 
 #include "mmca/io/llama_loader.hpp"
@@ -131,8 +133,8 @@ protected:
     }
     static void TearDownTestSuite() { delete dir_; }
 
-    std::unique_ptr<mmca::visual_chat_model<float>> make(std::int64_t batch = 1,
-                                                         mmca::attention_variant v = mmca::attention_variant::mmca) {
+    template <class Model = mmca::visual_chat_model<float>>
+    std::unique_ptr<Model> make(std::int64_t batch = 1, mmca::attention_variant v = mmca::attention_variant::mmca) {
         auto [config, weights] = mmca::io::load_llama(*dir_);
         mmca::visual_chat_options o;
         o.language.batch = batch;
@@ -140,7 +142,7 @@ protected:
         o.image_token_id = static_cast<std::int32_t>(config.vocab_size - 1);
         o.max_images = 4;
         auto tower = std::make_unique<stand_in_tower>(S, T, config.hidden_size, &calls_);
-        return std::make_unique<mmca::visual_chat_model<float>>(std::move(tower), std::move(config), std::move(weights), o);
+        return std::make_unique<Model>(std::move(tower), std::move(config), std::move(weights), o);
     }
     int calls_ = 0;
     static std::string* dir_;
@@ -259,6 +261,58 @@ TEST_F(VisualChatModel, GreedyRoundsEqualArgmaxOfRecomputedLogits) {
     }
     // The cache held the conversation: round 2 ran only its own tokens (+ the pending last answer token).
     EXPECT_EQ(chat->history().size(), convo.size());
+}
+
+// The visual-chat model is templated on its language model: over the plain-loop backend (which a
+// GPU model stands in for) a batch forward with loss, chat rounds on the cache and greedy answers
+// match the CPU model.
+TEST_F(VisualChatModel, SecondLanguageBackendMatchesCpu) {
+    using naive_chat = mmca::basic_visual_chat_model<mmca::basic_llama_model<mmca_test::naive_backend>>;
+    for (auto v : {mmca::attention_variant::mmca, mmca::attention_variant::causal_cross}) {
+        auto cpu = make(2, v);
+        auto naive = make<naive_chat>(2, v);
+        const std::int32_t P = cpu->options().image_token_id;
+        const std::int64_t V = cpu->language().config().vocab_size;
+        const auto imgs = random_images(3, S, 8);
+        std::vector<mmca::visual_sample> samples(2);
+        samples[0].ids = {1, 5, P, 9, 12, P, 4, 2};
+        samples[0].labels = {-100, -100, -100, -100, 12, -100, 4, 2};
+        samples[0].images = tensor_ref<const float, 4>(imgs.data(), {2, 3, S, S});
+        samples[1].ids = {1, P, 7, 8};
+        samples[1].labels = {-100, -100, 7, 8};
+        samples[1].images = tensor_ref<const float, 4>(imgs.data() + 2 * 3 * S * S, {1, 3, S, S});
+        std::vector<float> want, got;
+        std::int64_t Lw = 0, Lg = 0;
+        mmca::loss_result lw, lg;
+        cpu->forward(samples, want, Lw, &lw);
+        naive->forward(samples, got, Lg, &lg);
+        ASSERT_EQ(Lw, Lg);
+        EXPECT_LT(rel(got.data(), want.data(), 2 * Lw * V), 1e-4) << mmca::to_string(v);
+        EXPECT_EQ(lw.count, lg.count);
+        EXPECT_NEAR(lg.mean(), lw.mean(), 1e-4);
+    }
+    // Two chat rounds with images on a batch-1 model: the same greedy answers and the same final
+    // logits (an extra append after the rounds).
+    auto cpu = make(1);
+    auto naive = make<naive_chat>(1);
+    const std::int32_t P = cpu->options().image_token_id;
+    const std::int64_t V = cpu->language().config().vocab_size;
+    const auto imgs = random_images(2, S, 9);
+    mmca::generation_options g;
+    g.max_new_tokens = 4;
+    g.eos_ids = {-1};
+    const std::vector<std::vector<std::int32_t>> prompts = {{1, 7, P, 9}, {1, 4, P, 5, 6}};
+    for (int r = 0; r < 2; ++r) {
+        const tensor_ref<const float, 4> img(imgs.data() + r * 3 * S * S, {1, 3, S, S});
+        const auto a = cpu->round(prompts[r], img, g), b = naive->round(prompts[r], img, g);
+        EXPECT_EQ(a.tokens, b.tokens) << "round " << r;
+    }
+    std::vector<float> la(V), lb(V);
+    cpu->append({3, 4}, {}, la.data());
+    naive->append({3, 4}, {}, lb.data());
+    EXPECT_LT(rel(lb.data(), la.data(), V), 1e-4);
+    EXPECT_EQ(naive->language().length(0), cpu->language().length(0));
+    EXPECT_EQ(naive->images_in_context(), 2);
 }
 
 TEST_F(VisualChatModel, BadInputChangesNothing) {

@@ -196,11 +196,17 @@ tensor2 cuda_swiglu(const tensor2& gate, const tensor2& up, bool fused_layout) {
 }
 
 template <class S>
-tensor2 cuda_residual_add(const tensor2& h, const tensor2& delta) {
+tensor2 cuda_residual_add(const tensor2& h, const tensor2& delta, const std::vector<std::uint8_t>& rows) {
     auto dh = device_matrix<S>::upload(h, 1);
     const auto dd = device_matrix<S>::upload(delta, 4);
-    mmca::cuda::residual_add<S>(dh.ref(), dd.cref());
-    finish();
+    mmca::cuda::device_buffer mask(rows.size());
+    if (rows.empty()) {
+        mmca::cuda::residual_add<S>(dh.ref(), dd.cref());
+    } else {
+        MMCA_CUDA_CHECK(cudaMemcpy(mask.data(), rows.data(), rows.size(), cudaMemcpyHostToDevice));
+        mmca::cuda::residual_add<S>(dh.ref(), dd.cref(), mask.as<const std::uint8_t>());
+    }
+    finish();  // before the mask is freed
     return dh.download();
 }
 
@@ -264,7 +270,7 @@ tensor2 cuda_patch_embedding(const tensor4& images, const tensor2& weight, std::
                                   std::int64_t, bool);                                                              \
     template tensor2 cuda_activation<S>(mmca::nn::activation, const tensor2&);                                      \
     template tensor2 cuda_swiglu<S>(const tensor2&, const tensor2&, bool);                                          \
-    template tensor2 cuda_residual_add<S>(const tensor2&, const tensor2&);                                          \
+    template tensor2 cuda_residual_add<S>(const tensor2&, const tensor2&, const std::vector<std::uint8_t>&);                                          \
     template tensor2 cuda_embedding<S>(const std::vector<std::int32_t>&, const tensor2&, bool);                     \
     template tensor2 cuda_linear<S>(const tensor2&, const tensor2&, const std::vector<float>&, std::int64_t);       \
     template tensor2 cuda_extract_patches<S>(const tensor4&, std::int64_t);                                         \

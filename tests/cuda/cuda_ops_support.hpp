@@ -50,9 +50,9 @@ tensor2 cuda_activation(mmca::nn::activation act, const tensor2& x);
 template <class S>
 tensor2 cuda_swiglu(const tensor2& gate, const tensor2& up, bool fused_layout);
 
-/// mmca::cuda::residual_add<S>: h + delta.
+/// mmca::cuda::residual_add<S>: h + delta, on the rows r with rows[r] != 0 when rows is not empty.
 template <class S>
-tensor2 cuda_residual_add(const tensor2& h, const tensor2& delta);
+tensor2 cuda_residual_add(const tensor2& h, const tensor2& delta, const std::vector<std::uint8_t>& rows = {});
 
 /// mmca::cuda::embedding_forward with a table of S and an output of float (float_output) or S.
 template <class S>

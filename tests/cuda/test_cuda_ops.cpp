@@ -346,6 +346,16 @@ TYPED_TEST(CudaOps, ResidualAdd) {
         expect_within_bound<S>(gpu, ref, plain, "residual add " + shape_name(s[0], s[1]));
         // Both add the same rounded numbers in float32 and round once.
         expect_equal(gpu, plain, "residual add " + shape_name(s[0], s[1]) + " vs the plain implementation");
+        // With a row mask (the decoder's causal_cross image rows): masked rows keep h.
+        std::vector<std::uint8_t> rows(s[0]);
+        for (std::size_t r = 0; r < s[0]; ++r) rows[r] = r % 3 != 1;
+        const tensor2 masked = cuda_residual_add<S>(h, d, rows);
+        tensor2 want = plain;
+        const tensor2 kept = rounded<S>(h);
+        for (std::size_t r = 0; r < s[0]; ++r)
+            if (!rows[r])
+                for (std::size_t c = 0; c < s[1]; ++c) want(r, c) = kept(r, c);
+        expect_equal(masked, want, "masked residual add " + shape_name(s[0], s[1]));
     }
 }
 

@@ -57,15 +57,17 @@ struct chat_answer {
     double seconds = 0.0;              ///< time of the whole round
 };
 
-template <class KV = float>
-class chat_session {
+/// A conversation with a visual-chat model of any language-model backend (Model:
+/// mmca::basic_visual_chat_model<LM>); chat_session<KV> is the one over the CPU model.
+template <class Model>
+class basic_chat_session {
 public:
     /// on_text(piece) receives answer text as it is generated; returning false stops the round.
     using text_callback = std::function<bool(const std::string& piece)>;
     /// on_image(done, total) is called before each image is embedded and once at the end (done = total).
     using image_callback = std::function<void(std::int64_t done, std::int64_t total)>;
 
-    chat_session(visual_chat_model<KV>& model, const text::tokenizer& tok, chat_session_options options = {})
+    basic_chat_session(Model& model, const text::tokenizer& tok, chat_session_options options = {})
         : model_(model), tok_(tok), options_(std::move(options)) {
         using detail::to_text;
         const char* where = "mmca::chat_session";
@@ -87,7 +89,7 @@ public:
     chat_session_options& options() { return options_; }
     std::int64_t rounds() const { return rounds_; }
     std::int64_t images_shown() const { return images_; }
-    visual_chat_model<KV>& model() { return model_; }
+    Model& model() { return model_; }
 
     /// Forgets the conversation (the model's image cache stays).
     void clear() {
@@ -203,12 +205,16 @@ private:
         return back < need;
     }
 
-    visual_chat_model<KV>& model_;
+    Model& model_;
     const text::tokenizer& tok_;
     chat_session_options options_;
     std::int64_t rounds_ = 0;
     std::int64_t images_ = 0;
     std::vector<float> pixels_, rows_;
 };
+
+/// A conversation with the CPU visual-chat model (KV caches of KV).
+template <class KV = float>
+using chat_session = basic_chat_session<visual_chat_model<KV>>;
 
 }  // namespace mmca

@@ -173,33 +173,35 @@ struct visual_sample {
     tensor_ref<const float, 4> images;
 };
 
-template <class KV = float>
-class visual_chat_model {
+/// The visual-chat model over a language model LM: mmca::basic_llama_model on any backend
+/// (visual_chat_model<KV> is the CPU one, mmca::cuda::visual_chat_model<T> the GPU one) or any type
+/// with the same host-facing calls (config, options, batch, context, length, embed, forward, reset),
+/// such as mmca::cuda::lib::llama_model. The tower, the splice, the image cache and the chat rounds
+/// are this one code whatever LM is; the tower's rows and the logits are host float32.
+template <class LM>
+class basic_visual_chat_model {
 public:
-    visual_chat_model(std::unique_ptr<vision_tower> tower, llama_config config, llama_weights weights,
-                      visual_chat_options options = {})
+    using language_model = LM;
+
+    /// Builds the language model from its config and weights (with options.language).
+    basic_visual_chat_model(std::unique_ptr<vision_tower> tower, llama_config config, llama_weights weights,
+                            visual_chat_options options = {})
         : tower_(std::move(tower)), lm_(std::move(config), std::move(weights), options.language), options_(options) {
-        using detail::to_text;
-        const char* where = "mmca::visual_chat_model";
-        MMCA_CHECK_ARG(tower_ != nullptr, where, "tower", "no vision tower", "an encoder + projector");
-        MMCA_CHECK_ARG(tower_->width() == lm_.config().hidden_size, where, "tower",
-                       "image rows of width " + to_text(tower_->width()),
-                       "the language model's hidden size " + to_text(lm_.config().hidden_size));
-        MMCA_CHECK_ARG(options_.max_images > 0, where, "max_images", to_text(options_.max_images), "a positive count");
-        MMCA_CHECK_ARG(options_.image_cache_capacity >= 0, where, "image_cache_capacity",
-                       to_text(options_.image_cache_capacity), "a count >= 0");
-        MMCA_CHECK_ARG(options_.image_token_id >= 0 && options_.image_token_id < lm_.config().vocab_size, where,
-                       "image_token_id", to_text(options_.image_token_id),
-                       "a token id of the vocabulary [0, " + to_text(lm_.config().vocab_size) + ")");
-        images_in_cache_.assign(static_cast<std::size_t>(lm_.batch()), 0);
+        check();
+    }
+    /// Takes a language model built by the caller; options.language becomes the model's options.
+    basic_visual_chat_model(std::unique_ptr<vision_tower> tower, LM language, visual_chat_options options = {})
+        : tower_(std::move(tower)), lm_(std::move(language)), options_(options) {
+        options_.language = lm_.options();
+        check();
     }
 
     // The generator refers to the language model: the object stays where it was made.
-    visual_chat_model(const visual_chat_model&) = delete;
-    visual_chat_model& operator=(const visual_chat_model&) = delete;
+    basic_visual_chat_model(const basic_visual_chat_model&) = delete;
+    basic_visual_chat_model& operator=(const basic_visual_chat_model&) = delete;
 
-    llama_model<KV>& language() { return lm_; }
-    const llama_model<KV>& language() const { return lm_; }
+    LM& language() { return lm_; }
+    const LM& language() const { return lm_; }
     vision_tower& tower() { return *tower_; }
     const vision_tower& tower() const { return *tower_; }
     const visual_chat_options& options() const { return options_; }
@@ -388,6 +390,22 @@ private:
         std::list<std::uint64_t>::iterator lru;
     };
 
+    void check() {
+        using detail::to_text;
+        const char* where = "mmca::visual_chat_model";
+        MMCA_CHECK_ARG(tower_ != nullptr, where, "tower", "no vision tower", "an encoder + projector");
+        MMCA_CHECK_ARG(tower_->width() == lm_.config().hidden_size, where, "tower",
+                       "image rows of width " + to_text(tower_->width()),
+                       "the language model's hidden size " + to_text(lm_.config().hidden_size));
+        MMCA_CHECK_ARG(options_.max_images > 0, where, "max_images", to_text(options_.max_images), "a positive count");
+        MMCA_CHECK_ARG(options_.image_cache_capacity >= 0, where, "image_cache_capacity",
+                       to_text(options_.image_cache_capacity), "a count >= 0");
+        MMCA_CHECK_ARG(options_.image_token_id >= 0 && options_.image_token_id < lm_.config().vocab_size, where,
+                       "image_token_id", to_text(options_.image_token_id),
+                       "a token id of the vocabulary [0, " + to_text(lm_.config().vocab_size) + ")");
+        images_in_cache_.assign(static_cast<std::size_t>(lm_.batch()), 0);
+    }
+
     int threads(int requested) const { return requested >= 0 ? requested : lm_.options().num_threads; }
 
     void remember(std::uint64_t key, const float* rows, std::int64_t n) {
@@ -401,8 +419,8 @@ private:
     }
 
     std::unique_ptr<vision_tower> tower_;
-    llama_model<KV> lm_;
-    generator<KV> generator_{lm_};
+    LM lm_;
+    basic_generator<LM> generator_{lm_};
     visual_chat_options options_;
     std::unordered_map<std::uint64_t, cache_entry> cache_;
     std::list<std::uint64_t> lru_;
@@ -410,5 +428,9 @@ private:
     std::vector<std::int32_t> images_in_cache_;
     std::int64_t images_embedded_ = 0;
 };
+
+/// The visual-chat model on the CPU, with KV caches of KV (float, float16 or bfloat16).
+template <class KV = float>
+using visual_chat_model = basic_visual_chat_model<llama_model<KV>>;
 
 }  // namespace mmca

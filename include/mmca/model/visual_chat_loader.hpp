@@ -143,17 +143,34 @@ inline std::unique_ptr<encoder_projector_tower> load_vision_tower(const io::chec
     return std::make_unique<encoder_projector_tower>(std::move(encoder), std::move(proj), load.clip_layer);
 }
 
-/// A ready visual-chat model (caches allocated) from a reference-named checkpoint.
-template <class KV = float>
-std::unique_ptr<visual_chat_model<KV>> load_visual_chat_model(const std::string& path,
-                                                              const visual_chat_load_options& load = {}) {
+/// What a visual-chat checkpoint holds: its vision tower (on the host) and the decoder's config and
+/// weights (memory-mapped), every tensor checked. The models on any backend are built from these.
+struct visual_chat_parts {
+    std::unique_ptr<encoder_projector_tower> tower;
+    llama_config config;
+    llama_weights weights;
+};
+
+inline visual_chat_parts load_visual_chat_parts(const std::string& path, const visual_chat_load_options& load = {}) {
     const io::checkpoint ckpt = io::checkpoint::open(path);
-    auto tower = load_vision_tower(ckpt, load);
+    visual_chat_parts parts;
+    parts.tower = load_vision_tower(ckpt, load);
     io::llama_load_options lo;
     lo.config_path = load.config_path;
     lo.names = "visual_chat";
     auto [config, weights] = io::load_llama(path, lo);
-    return std::make_unique<visual_chat_model<KV>>(std::move(tower), std::move(config), std::move(weights), load.options);
+    parts.config = std::move(config);
+    parts.weights = std::move(weights);
+    return parts;
+}
+
+/// A ready visual-chat model (caches allocated) from a reference-named checkpoint.
+template <class KV = float>
+std::unique_ptr<visual_chat_model<KV>> load_visual_chat_model(const std::string& path,
+                                                              const visual_chat_load_options& load = {}) {
+    visual_chat_parts parts = load_visual_chat_parts(path, load);
+    return std::make_unique<visual_chat_model<KV>>(std::move(parts.tower), std::move(parts.config),
+                                                   std::move(parts.weights), load.options);
 }
 
 }  // namespace mmca

@@ -6,6 +6,7 @@
 #include "mmca/backend/cuda/attention_backward.cuh"
 #include "mmca/backend/cuda/attention_fused.cuh"
 #include "mmca/backend/cuda/llama_backend.cuh"
+#include "mmca/backend/cuda/vision.cuh"
 #include "mmca/core/error.hpp"
 
 #include <string>
@@ -188,6 +189,54 @@ void llama_model::forward_tokens(tensor_ref<const std::int32_t, 2> ids, tensor_r
 }
 void llama_model::embed(const std::int32_t* ids, std::int64_t n, tensor_ref<float, 2> out) const {
     impl_->visit([&](const auto& m) { m.embed(ids, n, out); });
+}
+
+// ---- the visual-chat model -----------------------------------------------------------------------
+
+namespace {
+
+/// The device tower of element type T, with CUDA failures turned into lib::runtime_error.
+template <class T>
+class library_tower : public vision_tower {
+public:
+    explicit library_tower(std::unique_ptr<mmca::encoder_projector_tower> host)
+        : tower_(translated([&] { return mmca::cuda::encoder_projector_tower<T>(std::move(host)); })) {}
+    std::int64_t image_size() const override { return tower_.image_size(); }
+    std::int64_t tokens_per_image() const override { return tower_.tokens_per_image(); }
+    std::int64_t width() const override { return tower_.width(); }
+    void embed(tensor_ref<const float, 4> images, tensor_ref<float, 3> out, int num_threads) override {
+        translated([&] { tower_.embed(images, out, num_threads); });
+    }
+    bool encoder_on_device() const { return tower_.encoder_on_device(); }
+
+private:
+    mmca::cuda::encoder_projector_tower<T> tower_;
+};
+
+}  // namespace
+
+std::unique_ptr<visual_chat_model> load_visual_chat_model(const std::string& path, const visual_chat_load_options& load,
+                                                          element type) {
+    visual_chat_parts parts = load_visual_chat_parts(path, load);
+    std::unique_ptr<vision_tower> tower;
+    switch (type) {
+        case element::float16: tower = std::make_unique<library_tower<float16>>(std::move(parts.tower)); break;
+        case element::bfloat16: tower = std::make_unique<library_tower<bfloat16>>(std::move(parts.tower)); break;
+        case element::float32: tower = std::make_unique<library_tower<float>>(std::move(parts.tower)); break;
+        default:
+            throw mmca::invalid_argument("mmca::cuda::lib::load_visual_chat_model", "type", "an unknown element type",
+                                         "float32, float16 or bfloat16");
+    }
+    llama_model language(parts.config, parts.weights, load.options.language, type);
+    return std::make_unique<visual_chat_model>(std::move(tower), std::move(language), load.options);
+}
+
+bool encoder_on_device(const visual_chat_model& model) {
+    const vision_tower* t = &model.tower();
+    if (const auto* f = dynamic_cast<const library_tower<float>*>(t)) return f->encoder_on_device();
+    if (const auto* h = dynamic_cast<const library_tower<float16>*>(t)) return h->encoder_on_device();
+    if (const auto* b = dynamic_cast<const library_tower<bfloat16>*>(t)) return b->encoder_on_device();
+    return false;
 }
 
 }  // namespace lib

@@ -10,6 +10,7 @@
 //   mmca::cuda::lib::attention_forward(q, k, v, tokens, options, out, stream, &stats)
 //   mmca::cuda::lib::attention_backward(q, k, v, dout, tokens, options, stats, dq, dk, dv, stream)
 //   mmca::cuda::lib::llama_model model(config, weights, options, element::bfloat16);   // the decoder
+//   auto chat = mmca::cuda::lib::load_visual_chat_model(path, load, element::bfloat16); // the whole model
 #pragma once
 
 #include "mmca/attention/stats.hpp"
@@ -18,6 +19,8 @@
 #include "mmca/language/config.hpp"
 #include "mmca/language/model.hpp"
 #include "mmca/language/weights.hpp"
+#include "mmca/model/visual_chat.hpp"
+#include "mmca/model/visual_chat_loader.hpp"
 
 #include <array>
 #include <cstdint>
@@ -121,6 +124,20 @@ public:
 private:
     std::unique_ptr<impl> impl_;
 };
+
+/// The visual-chat model with its decoder on the device (mmca::cuda::visual_chat_model<T>, element
+/// type chosen at run time): mmca::basic_visual_chat_model over lib::llama_model, whose tower runs a
+/// QWen-VL encoder on the device (a CLIP encoder stays on the host) and the projector on the host.
+using visual_chat_model = basic_visual_chat_model<llama_model>;
+
+/// A ready visual-chat model from a reference-named checkpoint (mmca::load_visual_chat_model's
+/// checkpoint and options), decoder and encoder copied to the device as `type`.
+std::unique_ptr<visual_chat_model> load_visual_chat_model(const std::string& path, const visual_chat_load_options& load,
+                                                          element type);
+
+/// True when the model's vision encoder runs on the device (a QWen-VL encoder), false when it runs
+/// on the host (CLIP) or the tower is not one that load_visual_chat_model made.
+bool encoder_on_device(const visual_chat_model& model);
 
 }  // namespace lib
 }  // namespace cuda

@@ -13,9 +13,9 @@
 //
 // Per layer: cuBLAS linear layers (float32 accumulation), RMSNorm, RoPE from the CPU's table,
 // SwiGLU, the fused CUDA attention over the device cache, and residual adds that leave causal_cross
-// image rows untouched. Norm weights and biases are float32 on the device; matrices are converted
-// once, at construction, from the checkpoint's dtype to T. The device copies do not follow later
-// changes of model.mutable_weights().
+// image rows untouched (cuda::residual_add with a row mask). Norm weights and biases are float32 on
+// the device; matrices are converted once, at construction, from the checkpoint's dtype to T
+// (device_weights.cuh). The device copies do not follow later changes of model.mutable_weights().
 //
 // Gated cross-attention blocks (SPEC §2.5) run on the host: h is copied down, the CPU block runs
 // with the host weights and h goes back up. That keeps them exact and available, at the cost of two
@@ -27,6 +27,7 @@
 #pragma once
 
 #include "mmca/backend/cuda/common.cuh"
+#include "mmca/backend/cuda/device_weights.cuh"
 #include "mmca/backend/cuda/kv_cache.cuh"
 #include "mmca/backend/cuda/ops/ops.cuh"
 #include "mmca/core/dtype.hpp"
@@ -41,39 +42,7 @@
 namespace mmca {
 namespace cuda {
 
-/// A growable device array of U (the activation buffers of the CUDA model): contents are not kept
-/// when it grows.
-template <class U>
-class device_array {
-public:
-    void resize(std::size_t n) {
-        if (n * sizeof(U) > buffer_.bytes()) buffer_.allocate(n * sizeof(U));
-        size_ = n;
-    }
-    U* data() const { return buffer_.as<U>(); }
-    std::size_t size() const { return size_; }
-
-private:
-    device_buffer buffer_;
-    std::size_t size_ = 0;
-};
-
 namespace llama_detail {
-
-/// A weight matrix [rows, cols] of T in device memory.
-template <class T>
-struct device_matrix {
-    device_buffer data;
-    std::int64_t rows = 0, cols = 0;
-    tensor_ref<const T, 2> view() const { return {data.as<const T>(), {rows, cols}}; }
-};
-
-/// Float32 values (a norm weight or a bias) in device memory; empty when absent.
-struct device_vector {
-    device_buffer data;
-    std::int64_t size = 0;
-    const float* get() const { return size == 0 ? nullptr : data.as<const float>(); }
-};
 
 template <class T>
 struct device_mlp {
@@ -86,56 +55,6 @@ struct device_layer {
     device_matrix<T> q, k, v, o;
     device_mlp<T> mlp;
 };
-
-/// Converts a host matrix of any storage dtype to T (in slices, so the staging stays small) and
-/// copies it to the device.
-template <class T>
-device_matrix<T> upload_matrix(const nn::matrix_ref& m) {
-    device_matrix<T> d;
-    d.rows = m.rows;
-    d.cols = m.cols;
-    const std::size_t n = static_cast<std::size_t>(m.rows * m.cols);
-    if (n == 0) return d;
-    d.data.allocate(n * sizeof(T));
-    if (m.type == dtype_of<T>::value) {
-        MMCA_CUDA_CHECK(cudaMemcpy(d.data.data(), m.data, n * sizeof(T), cudaMemcpyHostToDevice));
-        return d;
-    }
-    constexpr std::size_t slice = std::size_t{1} << 22;
-    std::vector<T> staging(std::min(n, slice));
-    nn::dispatch_dtype(m.type, [&](auto tag) {
-        using S = decltype(tag);
-        const S* src = m.as<S>();
-        for (std::size_t at = 0; at < n; at += slice) {
-            const std::size_t count = std::min(slice, n - at);
-            for (std::size_t i = 0; i < count; ++i) staging[i] = T(static_cast<float>(src[at + i]));
-            MMCA_CUDA_CHECK(cudaMemcpy(d.data.template as<T>() + at, staging.data(), count * sizeof(T), cudaMemcpyHostToDevice));
-        }
-    });
-    return d;
-}
-
-inline device_vector upload_vector(const std::vector<float>& v) {
-    device_vector d;
-    d.size = static_cast<std::int64_t>(v.size());
-    if (v.empty()) return d;
-    d.data.allocate(v.size() * sizeof(float));
-    MMCA_CUDA_CHECK(cudaMemcpy(d.data.data(), v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice));
-    return d;
-}
-
-/// h (N, H) += delta on the rows with update[row] != 0, in float32, rounded once.
-template <class D>
-__global__ void residual_rows_kernel(D* h, std::int64_t h_stride, const D* delta, std::int64_t delta_stride,
-                                     const std::uint8_t* update, std::int64_t total, std::int64_t cols) {
-    const std::int64_t step = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-    for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += step) {
-        const std::int64_t row = e / cols, col = e % cols;
-        if (!update[row]) continue;
-        D* p = h + row * h_stride + col;
-        *p = detail::from_float<D>(__fadd_rn(detail::to_float(*p), detail::to_float(delta[row * delta_stride + col])));
-    }
-}
 
 }  // namespace llama_detail
 
@@ -159,25 +78,25 @@ public:
     /// Copies the weights the layers use (not the token embedding: forward_tokens embeds on the host)
     /// to the current device, converting matrices to T.
     llama_backend(const llama_config& config, const llama_weights& w)
-        : handle_(make_handle()), lm_head_(llama_detail::upload_matrix<T>(w.lm_head)),
-          norm_(llama_detail::upload_vector(w.norm)) {
+        : handle_(make_model_handle("mmca::cuda::llama_model")), lm_head_(upload_matrix<T>(w.lm_head)),
+          norm_(upload_vector(w.norm)) {
         (void)config;
         layers_.reserve(w.layers.size());
         for (const auto& h : w.layers) {
             layer_weights d;
-            d.attn_norm = llama_detail::upload_vector(h.attn_norm);
-            d.mlp_norm = llama_detail::upload_vector(h.mlp_norm);
-            d.q_bias = llama_detail::upload_vector(h.q_bias);
-            d.k_bias = llama_detail::upload_vector(h.k_bias);
-            d.v_bias = llama_detail::upload_vector(h.v_bias);
-            d.o_bias = llama_detail::upload_vector(h.o_bias);
-            d.q = llama_detail::upload_matrix<T>(h.q);
-            d.k = llama_detail::upload_matrix<T>(h.k);
-            d.v = llama_detail::upload_matrix<T>(h.v);
-            d.o = llama_detail::upload_matrix<T>(h.o);
-            d.mlp.gate = llama_detail::upload_matrix<T>(h.mlp.gate);
-            d.mlp.up = llama_detail::upload_matrix<T>(h.mlp.up);
-            d.mlp.down = llama_detail::upload_matrix<T>(h.mlp.down);
+            d.attn_norm = upload_vector(h.attn_norm);
+            d.mlp_norm = upload_vector(h.mlp_norm);
+            d.q_bias = upload_vector(h.q_bias);
+            d.k_bias = upload_vector(h.k_bias);
+            d.v_bias = upload_vector(h.v_bias);
+            d.o_bias = upload_vector(h.o_bias);
+            d.q = upload_matrix<T>(h.q);
+            d.k = upload_matrix<T>(h.k);
+            d.v = upload_matrix<T>(h.v);
+            d.o = upload_matrix<T>(h.o);
+            d.mlp.gate = upload_matrix<T>(h.mlp.gate);
+            d.mlp.up = upload_matrix<T>(h.mlp.up);
+            d.mlp.down = upload_matrix<T>(h.mlp.down);
             layers_.push_back(std::move(d));
         }
     }
@@ -192,7 +111,7 @@ public:
     const layer_weights& layer(const llama_weights&, std::int64_t l) const {
         return layers_.at(static_cast<std::size_t>(l));
     }
-    const llama_detail::device_vector& final_norm(const llama_weights&) const { return norm_; }
+    const device_vector& final_norm(const llama_weights&) const { return norm_; }
 
     /// dst (device rows of T) = src (host float32 rows).
     void load_rows(tensor_ref<const float, 2> src, tensor_ref<T, 2> dst) {
@@ -220,24 +139,19 @@ public:
     }
     void set_rope(const nn::rope_table& table) { upload_rope_table(table, rope_, nullptr); }
 
-    void rmsnorm(tensor_ref<const T, 2> x, const llama_detail::device_vector& w, float eps, tensor_ref<T, 2> y) {
+    void rmsnorm(tensor_ref<const T, 2> x, const device_vector& w, float eps, tensor_ref<T, 2> y) {
         rmsnorm_forward<T>(x, w.get(), eps, y, nullptr);
     }
-    void linear(tensor_ref<const T, 2> x, const llama_detail::device_matrix<T>& w, const llama_detail::device_vector& bias,
+    void linear(tensor_ref<const T, 2> x, const device_matrix<T>& w, const device_vector& bias,
                 tensor_ref<T, 2> y) {
         linear_forward<T>(*handle_, x, w.view(), bias.get(), y, nullptr);
     }
     void rope(tensor_ref<T, 4> x) { rope_apply<T>(x, rope_, nullptr); }
     void add_rows(tensor_ref<T, 2> h, tensor_ref<const T, 2> delta) {
-        const std::int64_t total = h.shape[0] * h.shape[1];
         MMCA_CHECK_ARG(h.shape[0] == rows_, "mmca::cuda::llama_backend::add_rows", "h", h.shape_text(),
                        "(" + mmca::detail::to_text(rows_) + ", H): the rows set_update_rows() described");
-        if (total == 0) return;
-        llama_detail::residual_rows_kernel<D>
-            <<<ops_detail::elementwise_blocks(total), ops_detail::elementwise_threads, 0, nullptr>>>(
-                reinterpret_cast<D*>(h.data), h.strides[0], reinterpret_cast<const D*>(delta.data), delta.strides[0],
-                update_.as<const std::uint8_t>(), total, h.shape[1]);
-        MMCA_CUDA_CHECK(cudaGetLastError());
+        if (h.shape[0] == 0) return;
+        residual_add<T>(h, delta, update_.as<const std::uint8_t>(), nullptr);
     }
     void swiglu(tensor_ref<const T, 2> x, const llama_detail::device_mlp<T>& w, tensor_ref<T, 2> y) {
         const std::int64_t N = x.shape[0], I = w.gate.rows;
@@ -291,21 +205,9 @@ public:
     }
 
 private:
-    /// The cuBLAS handle, after checking that there is a device to put the model on.
-    static std::unique_ptr<cublas_handle> make_handle() {
-        int count = 0;
-        const cudaError_t code = cudaGetDeviceCount(&count);
-        if (code != cudaSuccess) {
-            cudaGetLastError();
-            throw cuda_error("mmca::cuda::llama_model: no usable CUDA device (cudaGetDeviceCount)", code);
-        }
-        if (count == 0) throw cuda_error("mmca::cuda::llama_model: no CUDA device", cudaErrorNoDevice);
-        return std::make_unique<cublas_handle>();
-    }
-
     std::unique_ptr<cublas_handle> handle_;
-    llama_detail::device_matrix<T> lm_head_;
-    llama_detail::device_vector norm_;
+    device_matrix<T> lm_head_;
+    device_vector norm_;
     std::vector<layer_weights> layers_;
     rope_device_table rope_;
     device_buffer update_;

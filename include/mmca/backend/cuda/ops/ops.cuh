@@ -1,8 +1,9 @@
 // mmca/backend/cuda/ops/ops.cuh - every CUDA model op (norms, RoPE, activations, embedding,
-// residual add, the cuBLAS linear layer, patch unfold / embedding) in one include.
+// residual add, the cuBLAS linear layer, patch unfold / embedding, dense attention) in one include.
 #pragma once
 
 #include "mmca/backend/cuda/ops/activation.cuh"
+#include "mmca/backend/cuda/ops/dense_attention.cuh"
 #include "mmca/backend/cuda/ops/embedding.cuh"
 #include "mmca/backend/cuda/ops/gemm.cuh"
 #include "mmca/backend/cuda/ops/layernorm.cuh"

@@ -1,0 +1,231 @@
+// tests/cuda/test_cuda_vision.cpp - the vision side on the GPU against the CPU:
+//   * mmca::cuda::dense_attention (the encoder's self-attention in QWen-VL's interleaved qkv layout,
+//     the resampler's cross-attention) against mmca::nn::dense_attention on the same values;
+//   * mmca::cuda::qwen_vit<S> against mmca::vision::qwen_vit on a small random encoder;
+//   * mmca::cuda::visual_chat_model<S> (GPU encoder + GPU decoder) against mmca::visual_chat_model
+//     on one checkpoint: a batch forward with its loss, two greedy chat rounds with images, one
+//     more append.
+//
+// Tolerances, norm-wise (max |gpu - cpu| <= tol · max |cpu|). Inputs are rounded to S for both
+// sides. float32: 1e-5 for the attention op, 1e-4 for the encoder and the model (the CPU model's
+// bound against HF). 16-bit attention: about twice one rounding of the output plus the rounding
+// of the probabilities (2^-11 for float16, 2^-8 for bfloat16): 2e-3 / 1.6e-2. 16-bit encoder and
+// model: 1e-2 / 6e-2, as for the decoder alone (test_cuda_model.cpp).
+#include "cuda_test_support.hpp"
+#include "cuda_vision_support.hpp"
+#include "test_llama_util.hpp"
+
+#include "mmca/core/dtype.hpp"
+#include "mmca/model/visual_chat_loader.hpp"
+#include "mmca/nn/dense_attention.hpp"
+
+#include <gtest/gtest.h>
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace mmca_cuda_test {
+namespace {
+
+using mmca::tensor_ref;
+
+double norm_error(const std::vector<float>& got, const std::vector<float>& want) {
+    if (got.size() != want.size()) return INFINITY;
+    double diff = 0.0, scale = 0.0;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+        if (!std::isfinite(got[i])) return INFINITY;
+        diff = std::max(diff, std::fabs(double(got[i]) - double(want[i])));
+        scale = std::max(scale, std::fabs(double(want[i])));
+    }
+    return diff / std::max(scale, 1e-30);
+}
+
+template <class S>
+std::vector<float> rounded(std::vector<float> v) {
+    for (auto& x : v) x = static_cast<float>(S(x));
+    return v;
+}
+
+host_heads random_heads(std::int64_t rows, std::int64_t row_stride, std::int64_t head_stride, std::int64_t offset,
+                        unsigned seed) {
+    std::mt19937 g(seed);
+    std::normal_distribution<float> nd;
+    host_heads h{std::vector<float>(static_cast<std::size_t>(rows * row_stride)), rows, row_stride, head_stride, offset};
+    for (auto& x : h.values) x = nd(g);
+    return h;
+}
+
+mmca::nn::head_matrix cpu_heads(const host_heads& h) {
+    return {h.values.data(), h.rows, h.row_stride, h.head_stride, h.offset};
+}
+
+template <class S>
+void expect_dense_attention(std::int64_t Lq, std::int64_t Lk, std::int64_t heads, std::int64_t D, bool interleaved,
+                            double tol) {
+    const std::int64_t W = heads * D;
+    host_heads q, k, v;
+    if (interleaved) {  // one (L, 3W) qkv buffer, per head [q | k | v]: QWen-VL's encoder
+        host_heads qkv = random_heads(Lq, 3 * W, 3 * D, 0, 3);
+        qkv.values = rounded<S>(qkv.values);
+        q = k = v = qkv;
+        k.offset = D;
+        v.offset = 2 * D;
+    } else {  // separate matrices, Lq != Lk: the resampler
+        q = random_heads(Lq, W, D, 0, 4);
+        k = random_heads(Lk, W, D, 0, 5);
+        v = random_heads(Lk, W, D, 0, 6);
+        q.values = rounded<S>(q.values);
+        k.values = rounded<S>(k.values);
+        v.values = rounded<S>(v.values);
+    }
+    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    std::vector<float> want(static_cast<std::size_t>(Lq * W));
+    mmca::nn::dense_attention(cpu_heads(q), cpu_heads(k), cpu_heads(v), heads, D, scale,
+                              tensor_ref<float, 2>(want.data(), {Lq, W}));
+    const auto got = cuda_dense_attention_run<S>(q, k, v, heads, D, scale);
+    EXPECT_LE(norm_error(got, want), tol) << "Lq " << Lq << ", Lk " << Lk << ", " << heads << " heads of " << D;
+}
+
+TEST(CudaDenseAttention, MatchesCpuInEveryStorageType) {
+    MMCA_REQUIRE_GPU();
+    // QWen-VL's encoder (16 heads of 104) on 256 tokens, and its resampler (256 queries, heads of 128).
+    expect_dense_attention<float>(256, 256, 16, 104, true, 1e-5);
+    expect_dense_attention<float>(64, 200, 4, 128, false, 1e-5);
+    expect_dense_attention<mmca::float16>(256, 256, 16, 104, true, 2e-3);
+    expect_dense_attention<mmca::float16>(64, 200, 4, 128, false, 2e-3);
+    expect_dense_attention<mmca::bfloat16>(256, 256, 16, 104, true, 1.6e-2);
+    expect_dense_attention<mmca::bfloat16>(64, 200, 4, 128, false, 1.6e-2);
+}
+
+TEST(CudaDenseAttention, BadArgumentsNameTheArgument) {
+    MMCA_REQUIRE_GPU();
+    host_heads q = random_heads(4, 16, 8, 0, 1), k = random_heads(5, 16, 8, 0, 2), v = random_heads(6, 16, 8, 0, 3);
+    try {
+        cuda_dense_attention_run<float>(q, k, v, 2, 8, 0.3f);
+        FAIL() << "no error";
+    } catch (const mmca::invalid_argument& e) {
+        EXPECT_EQ(e.argument(), "v") << e.what();
+        EXPECT_NE(std::string(e.what()).find("6 rows"), std::string::npos) << e.what();
+    }
+    v = random_heads(5, 16, 8, 0, 3);
+    try {
+        cuda_dense_attention_run<float>(q, k, v, 3, 8, 0.3f);  // 3 heads of 8 do not fit rows of 16
+        FAIL() << "no error";
+    } catch (const mmca::invalid_argument& e) {
+        EXPECT_EQ(e.argument(), "q") << e.what();
+    }
+}
+
+constexpr std::int32_t kImage = 60;
+constexpr std::int64_t kS = 56;  // 4 x 4 patches of 14
+
+/// A visual-chat checkpoint: a small QWen ViT (4 queries of width 16), a baseline projector and a
+/// small LLaMa (heads of 64, so the decoder uses the tensor-core attention kernels).
+std::string write_checkpoint() {
+    static std::string dir;
+    if (!dir.empty()) return dir;
+    mmca::llama_config c = mmca_test::tiny_config(4, 2, 2);
+    c.hidden_size = 256;
+    c.intermediate_size = 344;
+    c.vocab_size = 101;
+    c.max_positions = 256;
+    const auto r = mmca_test::make_random_llama(c, 41);
+    dir = mmca_test::temp_path("cuda_visual_chat");
+    ::mkdir(dir.c_str(), 0755);
+    mmca_test::random_tensor_list t(5);
+    mmca_test::add_visual_chat_language(t, r);
+    const std::int64_t E = 16, H = c.hidden_size;
+    mmca_test::add_tiny_qwen_vit(t, E);
+    t.rnd("projection.0.weight", {H, E}, 0.2f);
+    t.rnd("projection.0.bias", {H}, 0.1f);
+    t.rnd("projection.1.weight", {H}, 0.1f, 1.0f);
+    t.rnd("projection.1.bias", {H}, 0.1f);
+    mmca_test::write_safetensors(dir + "/model.safetensors", t.tensors);
+    std::ofstream(dir + "/config.json") << mmca_test::config_json(c);
+    return dir;
+}
+
+mmca::visual_chat_load_options load_options(mmca::attention_variant variant) {
+    mmca::visual_chat_load_options o;
+    o.qwen.image_size = kS;
+    o.qwen.heads = 4;
+    o.qwen.pool_heads = 2;
+    o.options.image_token_id = kImage;
+    o.options.language.attention.variant = variant;
+    o.options.language.num_threads = 1;
+    return o;
+}
+
+template <class S>
+void expect_encoder_matches_cpu(double tol) {
+    const auto parts = mmca::load_visual_chat_parts(write_checkpoint(), load_options(mmca::attention_variant::mmca));
+    ASSERT_TRUE(parts.tower->qwen().has_value());
+    const mmca::vision::qwen_vit& vit = *parts.tower->qwen();
+    const auto& c = vit.config();
+    const auto images = script_images(kS);
+    std::vector<float> want(static_cast<std::size_t>(3 * c.queries * c.output_dim));
+    vit.encode(tensor_ref<const float, 4>(images.data(), {3, 3, kS, kS}),
+               tensor_ref<float, 3>(want.data(), {3, c.queries, c.output_dim}), 1);
+    const auto got = cuda_qwen_encode<S>(vit, images, 3);
+    EXPECT_LE(norm_error(got, want), tol);
+}
+
+TEST(CudaQwenVit, Float32MatchesCpu) {
+    MMCA_REQUIRE_GPU();
+    expect_encoder_matches_cpu<float>(1e-4);
+}
+TEST(CudaQwenVit, Float16MatchesCpu) {
+    MMCA_REQUIRE_GPU();
+    expect_encoder_matches_cpu<mmca::float16>(1e-2);
+}
+TEST(CudaQwenVit, Bfloat16MatchesCpu) {
+    MMCA_REQUIRE_GPU();
+    expect_encoder_matches_cpu<mmca::bfloat16>(6e-2);
+}
+
+template <class S>
+void expect_chat_matches_cpu(mmca::attention_variant variant, double tol, bool same_tokens) {
+    const std::string path = write_checkpoint();
+    const auto load = load_options(variant);
+    mmca::visual_chat_load_options two = load, one = load;
+    two.options.language.batch = 2;
+    one.options.language.batch = 1;
+    auto cpu2 = mmca::load_visual_chat_model<float>(path, two);
+    auto cpu1 = mmca::load_visual_chat_model<float>(path, one);
+    const auto images = script_images(kS);
+    const auto want = run_chat_script(*cpu2, *cpu1, kImage, kS, images);
+    const auto got = cuda_chat_script<S>(path, load, kImage, kS, images);
+    ASSERT_EQ(got.forward_length, want.forward_length);
+    EXPECT_LE(norm_error(got.forward_logits, want.forward_logits), tol) << mmca::to_string(variant);
+    EXPECT_EQ(got.loss_count, want.loss_count);
+    EXPECT_NEAR(got.loss, want.loss, 10 * tol * std::max(1.0, std::fabs(want.loss)));
+    EXPECT_EQ(got.cached_tokens, want.cached_tokens);
+    if (same_tokens) {
+        EXPECT_EQ(got.answers, want.answers) << mmca::to_string(variant);
+        EXPECT_LE(norm_error(got.last_logits, want.last_logits), tol) << mmca::to_string(variant);
+    }
+}
+
+TEST(CudaVisualChatModel, Float32MatchesCpuEveryVariant) {
+    MMCA_REQUIRE_GPU();
+    for (auto v : {mmca::attention_variant::causal, mmca::attention_variant::mmca,
+                   mmca::attention_variant::mmca_reference, mmca::attention_variant::causal_cross})
+        expect_chat_matches_cpu<float>(v, 1e-4, true);
+}
+
+// In 16 bits a greedy answer may take another token where two logits are within rounding of each
+// other, after which the conversations differ; the batch forward is compared.
+TEST(CudaVisualChatModel, SixteenBitForwardMatchesCpu) {
+    MMCA_REQUIRE_GPU();
+    expect_chat_matches_cpu<mmca::float16>(mmca::attention_variant::mmca, 1e-2, false);
+    expect_chat_matches_cpu<mmca::bfloat16>(mmca::attention_variant::mmca, 6e-2, false);
+}
+
+}  // namespace
+}  // namespace mmca_cuda_test
