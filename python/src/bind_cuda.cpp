@@ -205,25 +205,38 @@ struct cuda_llama_holder {
     explicit cuda_llama_holder(mmca::cuda::lib::llama_model&& m) : model(std::move(m)), chat(model) {}
 };
 
-/// mmca.cuda.LlamaModel: mmca::cuda::lib::llama_model and a chat generator over it.
-class cuda_llama_object {
+/// A held object behind one Python object, with the visit / locked interface of the shared binding
+/// code (llama_binding.hpp, visual_chat_binding.hpp): one call at a time under the mutex.
+template <class Held>
+class locked_holder {
 public:
-    explicit cuda_llama_object(std::unique_ptr<cuda_llama_holder> h) : holder_(std::move(h)) {}
+    explicit locked_holder(std::unique_ptr<Held> h) : held_(std::move(h)) {}
 
     template <class F>
     decltype(auto) visit(F&& f) {
-        return f(*holder_);
+        return f(*held_);
     }
     template <class F>
     decltype(auto) locked(F&& f) {
         std::lock_guard<std::mutex> lock(mutex_);
-        return f(*holder_);
+        return f(*held_);
     }
 
 private:
-    std::unique_ptr<cuda_llama_holder> holder_;
+    std::unique_ptr<Held> held_;
     std::mutex mutex_;
 };
+
+/// mmca.cuda.LlamaModel: mmca::cuda::lib::llama_model and a chat generator over it.
+using cuda_llama_object = locked_holder<cuda_llama_holder>;
+
+/// The element type named by a model's `dtype` argument.
+element element_of_dtype(const char* where, const std::string& dtype) {
+    if (dtype == "float16") return element::float16;
+    if (dtype == "bfloat16") return element::bfloat16;
+    if (dtype != "float32") raise_value_error(where, "dtype", "'" + dtype + "'", "'float32', 'float16' or 'bfloat16'");
+    return element::float32;
+}
 
 std::unique_ptr<cuda_llama_object> make_cuda_llama(const std::string& path, const std::string& dtype,
                                                    std::int64_t context, std::int64_t batch, const std::string& variant,
@@ -234,13 +247,7 @@ std::unique_ptr<cuda_llama_object> make_cuda_llama(const std::string& path, cons
     options.batch = batch;
     options.context = context;
     options.attention = parse_attention_options(where, variant, policy, std::nullopt, 0);
-    element type = element::float32;
-    if (dtype == "float16")
-        type = element::float16;
-    else if (dtype == "bfloat16")
-        type = element::bfloat16;
-    else if (dtype != "float32")
-        raise_value_error(where, "dtype", "'" + dtype + "'", "'float32', 'float16' or 'bfloat16'");
+    const element type = element_of_dtype(where, dtype);
     mmca::io::llama_load_options load;
     load.names = names;
     load.config_path = config_path;
@@ -254,25 +261,10 @@ std::unique_ptr<cuda_llama_object> make_cuda_llama(const std::string& path, cons
 
 /// mmca.cuda.VisualChatModel: mmca::cuda::lib::visual_chat_model (decoder and QWen-VL encoder on the
 /// device, projector on the host).
-class cuda_visual_chat_object {
+class cuda_visual_chat_object : public locked_holder<mmca::cuda::lib::visual_chat_model> {
 public:
     static constexpr const char* python_name = "mmca.cuda.VisualChatModel";
-
-    explicit cuda_visual_chat_object(std::unique_ptr<mmca::cuda::lib::visual_chat_model> m) : model_(std::move(m)) {}
-
-    template <class F>
-    decltype(auto) visit(F&& f) {
-        return f(*model_);
-    }
-    template <class F>
-    decltype(auto) locked(F&& f) {
-        std::lock_guard<std::mutex> lock(mutex_);
-        return f(*model_);
-    }
-
-private:
-    std::unique_ptr<mmca::cuda::lib::visual_chat_model> model_;
-    std::mutex mutex_;
+    using locked_holder::locked_holder;
 };
 
 std::unique_ptr<cuda_visual_chat_object> make_cuda_visual_chat(
@@ -282,13 +274,7 @@ std::unique_ptr<cuda_visual_chat_object> make_cuda_visual_chat(
     std::int64_t image_size, std::int64_t vision_heads, std::int64_t pool_heads, std::int64_t projector_heads,
     std::int64_t projector_layer_heads, const std::string& projector_act, int num_threads) {
     const char* where = cuda_visual_chat_object::python_name;
-    element type = element::float32;
-    if (dtype == "float16")
-        type = element::float16;
-    else if (dtype == "bfloat16")
-        type = element::bfloat16;
-    else if (dtype != "float32")
-        raise_value_error(where, "dtype", "'" + dtype + "'", "'float32', 'float16' or 'bfloat16'");
+    const element type = element_of_dtype(where, dtype);
     const mmca::visual_chat_load_options load = parse_visual_chat_load(
         where, config, variant, policy, batch, context, image_token_id, max_images, image_order, image_cache, clip_layer,
         image_size, vision_heads, pool_heads, projector_heads, projector_layer_heads, projector_act, num_threads);

@@ -277,4 +277,23 @@ inline void add_tiny_qwen_vit(random_tensor_list& t, std::int64_t E) {
     t.norm(p + "ln_post", E);
 }
 
+/// A visual-chat checkpoint folder (model.safetensors + config.json): r's LLaMa (config c), a small
+/// QWen-VL ViT with 4 queries of width 16 (add_tiny_qwen_vit) and a baseline projector (Linear 16 → H
+/// + LayerNorm), random from `seed`. Returns dir.
+inline std::string write_visual_chat_checkpoint(const std::string& dir, const mmca::llama_config& c,
+                                                const random_llama& r, std::uint32_t seed) {
+    ::mkdir(dir.c_str(), 0755);
+    random_tensor_list t(seed);
+    add_visual_chat_language(t, r);
+    const std::int64_t E = 16, H = c.hidden_size;
+    add_tiny_qwen_vit(t, E);
+    t.rnd("projection.0.weight", {H, E}, 0.2f);
+    t.rnd("projection.0.bias", {H}, 0.1f);
+    t.rnd("projection.1.weight", {H}, 0.1f, 1.0f);
+    t.rnd("projection.1.bias", {H}, 0.1f);
+    write_safetensors(dir + "/model.safetensors", t.tensors);
+    std::ofstream(dir + "/config.json") << config_json(c);
+    return dir;
+}
+
 }  // namespace mmca_test

@@ -24,19 +24,8 @@ std::string write_checkpoint() {
     mmca::llama_config c = mmca_test::tiny_config();
     c.cross_attention_every = 1;
     c.cross_attention_intermediate = 12;
-    auto r = mmca_test::make_random_llama(c, 7);
-    dir = mmca_test::temp_path("trainer_ckpt");
-    ::mkdir(dir.c_str(), 0755);
-    mmca_test::random_tensor_list t(3);
-    mmca_test::add_visual_chat_language(t, r);
-    const std::int64_t E = 16, H = c.hidden_size;
-    mmca_test::add_tiny_qwen_vit(t, E);
-    t.rnd("projection.0.weight", {H, E}, 0.2f);
-    t.rnd("projection.0.bias", {H}, 0.1f);
-    t.rnd("projection.1.weight", {H}, 0.1f, 1.0f);
-    t.rnd("projection.1.bias", {H}, 0.1f);
-    mmca_test::write_safetensors(dir + "/model.safetensors", t.tensors);
-    std::ofstream(dir + "/config.json") << mmca_test::config_json(c);
+    dir = mmca_test::write_visual_chat_checkpoint(mmca_test::temp_path("trainer_ckpt"), c,
+                                                  mmca_test::make_random_llama(c, 7), 3);
     return dir;
 }
 

@@ -7,6 +7,7 @@
 // oracles in tests/python, and the assembled model in tests/python/test_visual_chat.py.
 #include "naive_llama_backend.hpp"
 #include "test_llama_util.hpp"
+#include "visual_chat_script.hpp"
 
 #include "mmca/io/llama_loader.hpp"
 #include "mmca/model/visual_chat.hpp"
@@ -171,13 +172,7 @@ TEST_F(VisualChatModel, BatchForwardEqualsSeparateRunsAndLoss) {
     auto single = make(1);
     const std::int32_t P = batched->options().image_token_id;
     const auto imgs = random_images(3, S, 2);
-    std::vector<mmca::visual_sample> samples(2);
-    samples[0].ids = {1, 5, P, 9, 12, P, 4, 2};
-    samples[0].labels = {-100, -100, -100, -100, 12, -100, 4, 2};
-    samples[0].images = tensor_ref<const float, 4>(imgs.data(), {2, 3, S, S});
-    samples[1].ids = {1, P, 7, 8};
-    samples[1].labels = {-100, -100, 7, 8};
-    samples[1].images = tensor_ref<const float, 4>(imgs.data() + 2 * 3 * S * S, {1, 3, S, S});
+    const std::vector<mmca::visual_sample> samples = mmca_test::script_samples(P, S, imgs);
     std::vector<float> logits;
     std::int64_t L = 0;
     mmca::loss_result loss;
@@ -264,55 +259,32 @@ TEST_F(VisualChatModel, GreedyRoundsEqualArgmaxOfRecomputedLogits) {
 }
 
 // The visual-chat model is templated on its language model: over the plain-loop backend (which a
-// GPU model stands in for) a batch forward with loss, chat rounds on the cache and greedy answers
-// match the CPU model.
+// GPU model stands in for) the script of visual_chat_script.hpp (a batch forward with loss, greedy
+// chat rounds with images on the cache, one more append) records what the CPU model records.
 TEST_F(VisualChatModel, SecondLanguageBackendMatchesCpu) {
     using naive_chat = mmca::basic_visual_chat_model<mmca::basic_llama_model<mmca_test::naive_backend>>;
+    const auto imgs = mmca_test::script_images(S);
     for (auto v : {mmca::attention_variant::mmca, mmca::attention_variant::causal_cross}) {
-        auto cpu = make(2, v);
-        auto naive = make<naive_chat>(2, v);
-        const std::int32_t P = cpu->options().image_token_id;
-        const std::int64_t V = cpu->language().config().vocab_size;
-        const auto imgs = random_images(3, S, 8);
-        std::vector<mmca::visual_sample> samples(2);
-        samples[0].ids = {1, 5, P, 9, 12, P, 4, 2};
-        samples[0].labels = {-100, -100, -100, -100, 12, -100, 4, 2};
-        samples[0].images = tensor_ref<const float, 4>(imgs.data(), {2, 3, S, S});
-        samples[1].ids = {1, P, 7, 8};
-        samples[1].labels = {-100, -100, 7, 8};
-        samples[1].images = tensor_ref<const float, 4>(imgs.data() + 2 * 3 * S * S, {1, 3, S, S});
-        std::vector<float> want, got;
-        std::int64_t Lw = 0, Lg = 0;
-        mmca::loss_result lw, lg;
-        cpu->forward(samples, want, Lw, &lw);
-        naive->forward(samples, got, Lg, &lg);
-        ASSERT_EQ(Lw, Lg);
-        EXPECT_LT(rel(got.data(), want.data(), 2 * Lw * V), 1e-4) << mmca::to_string(v);
-        EXPECT_EQ(lw.count, lg.count);
-        EXPECT_NEAR(lg.mean(), lw.mean(), 1e-4);
+        auto cpu2 = make(2, v), cpu1 = make(1, v);
+        auto naive2 = make<naive_chat>(2, v), naive1 = make<naive_chat>(1, v);
+        const std::int32_t P = cpu2->options().image_token_id;
+        const auto want = mmca_test::run_chat_script(*cpu2, *cpu1, P, S, imgs);
+        const auto got = mmca_test::run_chat_script(*naive2, *naive1, P, S, imgs);
+        ASSERT_EQ(got.forward_length, want.forward_length);
+        EXPECT_LT(rel(got.forward_logits.data(), want.forward_logits.data(),
+                      static_cast<std::int64_t>(want.forward_logits.size())),
+                  1e-4)
+            << mmca::to_string(v);
+        EXPECT_EQ(got.loss_count, want.loss_count);
+        EXPECT_NEAR(got.loss, want.loss, 1e-4);
+        EXPECT_EQ(got.answers, want.answers) << mmca::to_string(v);
+        EXPECT_LT(rel(got.last_logits.data(), want.last_logits.data(),
+                      static_cast<std::int64_t>(want.last_logits.size())),
+                  1e-4)
+            << mmca::to_string(v);
+        EXPECT_EQ(got.cached_tokens, want.cached_tokens);
+        EXPECT_EQ(naive1->images_in_context(), 3);
     }
-    // Two chat rounds with images on a batch-1 model: the same greedy answers and the same final
-    // logits (an extra append after the rounds).
-    auto cpu = make(1);
-    auto naive = make<naive_chat>(1);
-    const std::int32_t P = cpu->options().image_token_id;
-    const std::int64_t V = cpu->language().config().vocab_size;
-    const auto imgs = random_images(2, S, 9);
-    mmca::generation_options g;
-    g.max_new_tokens = 4;
-    g.eos_ids = {-1};
-    const std::vector<std::vector<std::int32_t>> prompts = {{1, 7, P, 9}, {1, 4, P, 5, 6}};
-    for (int r = 0; r < 2; ++r) {
-        const tensor_ref<const float, 4> img(imgs.data() + r * 3 * S * S, {1, 3, S, S});
-        const auto a = cpu->round(prompts[r], img, g), b = naive->round(prompts[r], img, g);
-        EXPECT_EQ(a.tokens, b.tokens) << "round " << r;
-    }
-    std::vector<float> la(V), lb(V);
-    cpu->append({3, 4}, {}, la.data());
-    naive->append({3, 4}, {}, lb.data());
-    EXPECT_LT(rel(lb.data(), la.data(), V), 1e-4);
-    EXPECT_EQ(naive->language().length(0), cpu->language().length(0));
-    EXPECT_EQ(naive->images_in_context(), 2);
 }
 
 TEST_F(VisualChatModel, BadInputChangesNothing) {

@@ -7,7 +7,6 @@
 #include "mmca/backend/cuda/vision.cuh"
 #include "mmca/core/dtype.hpp"
 
-#include <random>
 
 namespace mmca_cuda_test {
 
@@ -23,14 +22,6 @@ mmca::cuda::device_buffer upload_as(const std::vector<float>& values) {
 }
 
 }  // namespace
-
-std::vector<float> script_images(std::int64_t S) {
-    std::mt19937 g(17);
-    std::normal_distribution<float> nd;
-    std::vector<float> v(static_cast<std::size_t>(3 * 3 * S * S));
-    for (auto& x : v) x = nd(g);
-    return v;
-}
 
 template <class S>
 std::vector<float> cuda_dense_attention_run(const host_heads& q, const host_heads& k, const host_heads& v,

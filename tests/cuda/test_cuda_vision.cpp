@@ -21,11 +21,8 @@
 
 #include <gtest/gtest.h>
 
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -135,19 +132,8 @@ std::string write_checkpoint() {
     c.intermediate_size = 344;
     c.vocab_size = 101;
     c.max_positions = 256;
-    const auto r = mmca_test::make_random_llama(c, 41);
-    dir = mmca_test::temp_path("cuda_visual_chat");
-    ::mkdir(dir.c_str(), 0755);
-    mmca_test::random_tensor_list t(5);
-    mmca_test::add_visual_chat_language(t, r);
-    const std::int64_t E = 16, H = c.hidden_size;
-    mmca_test::add_tiny_qwen_vit(t, E);
-    t.rnd("projection.0.weight", {H, E}, 0.2f);
-    t.rnd("projection.0.bias", {H}, 0.1f);
-    t.rnd("projection.1.weight", {H}, 0.1f, 1.0f);
-    t.rnd("projection.1.bias", {H}, 0.1f);
-    mmca_test::write_safetensors(dir + "/model.safetensors", t.tensors);
-    std::ofstream(dir + "/config.json") << mmca_test::config_json(c);
+    dir = mmca_test::write_visual_chat_checkpoint(mmca_test::temp_path("cuda_visual_chat"), c,
+                                                  mmca_test::make_random_llama(c, 41), 5);
     return dir;
 }
 

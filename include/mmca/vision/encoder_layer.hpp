@@ -49,6 +49,17 @@ struct encoder_layer_config {
 
 enum class qkv_layout : std::uint8_t { separate, fused_blocked, fused_interleaved_per_head };
 
+/// Where the heads of q, k and v sit in a row of the (rows, 3W) qkv buffer of an encoder layer:
+/// head h of q starts at column q_offset + h · head_stride (likewise k, v).
+struct qkv_columns {
+    std::int64_t q_offset, k_offset, v_offset, head_stride;
+};
+
+inline qkv_columns qkv_columns_of(qkv_layout layout, std::int64_t width, std::int64_t head_dim) {
+    if (layout == qkv_layout::fused_interleaved_per_head) return {0, head_dim, 2 * head_dim, 3 * head_dim};
+    return {0, width, 2 * width, head_dim};  // q | k | v blocks: separate matrices or torch's fused one
+}
+
 struct encoder_layer_weights {
     std::vector<float> ln1_w, ln1_b, ln2_w, ln2_b;  // (W) each
     qkv_layout layout = qkv_layout::separate;
@@ -151,7 +162,6 @@ inline void encoder_layer_forward(tensor_ref<float, 3> x, const encoder_layer_co
     // Attention half.
     nn::layernorm_forward(xs, w.ln1_w.data(), w.ln1_b.data(), config.eps, normed, num_threads);
     float* qkv = scratch.qkv.data();
-    std::int64_t q_off = 0, k_off = W, v_off = 2 * W, hstride = D;
     if (w.layout == qkv_layout::separate) {
         const nn::matrix_ref* mats[3] = {&w.q, &w.k, &w.v};
         const std::vector<float>* biases[3] = {&w.q_bias, &w.k_bias, &w.v_bias};
@@ -161,18 +171,13 @@ inline void encoder_layer_forward(tensor_ref<float, 3> x, const encoder_layer_co
     } else {
         nn::linear_forward(normed, w.qkv, detail::bias_or_null(w.qkv_bias), tensor_ref<float, 2>(qkv, {R, 3 * W}),
                            num_threads);
-        if (w.layout == qkv_layout::fused_interleaved_per_head) {
-            q_off = 0;
-            k_off = D;
-            v_off = 2 * D;
-            hstride = 3 * D;
-        }
     }
+    const qkv_columns cols = qkv_columns_of(w.layout, W, D);
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     for (std::int64_t n = 0; n < N; ++n) {
         const float* base = qkv + n * T * 3 * W;
-        nn::head_matrix hq{base, T, 3 * W, hstride, q_off}, hk{base, T, 3 * W, hstride, k_off},
-            hv{base, T, 3 * W, hstride, v_off};
+        nn::head_matrix hq{base, T, 3 * W, cols.head_stride, cols.q_offset},
+            hk{base, T, 3 * W, cols.head_stride, cols.k_offset}, hv{base, T, 3 * W, cols.head_stride, cols.v_offset};
         nn::dense_attention(hq, hk, hv, heads, D, scale, tensor_ref<float, 2>(attn.ptr(n * T), {T, W}), num_threads);
     }
     nn::linear_forward(attn, w.out, detail::bias_or_null(w.out_bias), proj, num_threads);

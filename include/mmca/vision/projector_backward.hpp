@@ -89,16 +89,6 @@ inline encoder_layer_grads make_encoder_layer_grads(const encoder_layer_weights&
     return g;
 }
 
-namespace detail {
-
-/// Offsets of q, k, v heads inside a (rows, 3W) qkv row: {q_off, k_off, v_off, head stride}.
-inline std::array<std::int64_t, 4> qkv_head_layout(qkv_layout layout, std::int64_t W, std::int64_t D) {
-    if (layout == qkv_layout::fused_interleaved_per_head) return {0, D, 2 * D, 3 * D};
-    return {0, W, 2 * W, D};
-}
-
-}  // namespace detail
-
 /// encoder_layer_forward(x, config, w) that also fills `tape`. The weights are checked by the caller.
 inline void encoder_layer_forward_tape(tensor_ref<float, 3> x, const encoder_layer_config& config,
                                        const encoder_layer_weights& w, encoder_layer_tape& tape, int num_threads = 0) {
@@ -134,12 +124,12 @@ inline void encoder_layer_forward_tape(tensor_ref<float, 3> x, const encoder_lay
         nn::linear_forward(n1, w.qkv, detail::bias_or_null(w.qkv_bias), tensor_ref<float, 2>(qkv, {R, 3 * W}),
                            num_threads);
     }
-    const auto lay = detail::qkv_head_layout(w.layout, W, D);
+    const qkv_columns lay = qkv_columns_of(w.layout, W, D);
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     for (std::int64_t n = 0; n < N; ++n) {
         const float* base = qkv + n * T * 3 * W;
-        nn::head_matrix hq{base, T, 3 * W, lay[3], lay[0]}, hk{base, T, 3 * W, lay[3], lay[1]},
-            hv{base, T, 3 * W, lay[3], lay[2]};
+        nn::head_matrix hq{base, T, 3 * W, lay.head_stride, lay.q_offset},
+            hk{base, T, 3 * W, lay.head_stride, lay.k_offset}, hv{base, T, 3 * W, lay.head_stride, lay.v_offset};
         nn::dense_attention(hq, hk, hv, heads, D, scale, tensor_ref<float, 2>(attn.ptr(n * T), {T, W}), num_threads);
     }
     nn::linear_forward(attn, w.out, detail::bias_or_null(w.out_bias), pr, num_threads);
@@ -187,15 +177,15 @@ inline void encoder_layer_backward(const encoder_layer_config& config, const enc
     tensor_ref<float, 2> dAttn(dattn.data(), {R, W});
     nn::linear_backward(cref(tape.attn.data(), {R, W}), w.out, d, dAttn, grad_or_null(g.out),
                         grad_or_null(g.out_bias), num_threads);
-    const auto lay = detail::qkv_head_layout(w.layout, W, D);
+    const qkv_columns lay = qkv_columns_of(w.layout, W, D);
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     for (std::int64_t n = 0; n < N; ++n) {
         const float* base = tape.qkv.data() + n * T * 3 * W;
         float* dbase = dqkv.data() + n * T * 3 * W;
-        nn::head_matrix hq{base, T, 3 * W, lay[3], lay[0]}, hk{base, T, 3 * W, lay[3], lay[1]},
-            hv{base, T, 3 * W, lay[3], lay[2]};
-        nn::head_matrix_grad gq{dbase, T, 3 * W, lay[3], lay[0]}, gk{dbase, T, 3 * W, lay[3], lay[1]},
-            gv{dbase, T, 3 * W, lay[3], lay[2]};
+        nn::head_matrix hq{base, T, 3 * W, lay.head_stride, lay.q_offset},
+            hk{base, T, 3 * W, lay.head_stride, lay.k_offset}, hv{base, T, 3 * W, lay.head_stride, lay.v_offset};
+        nn::head_matrix_grad gq{dbase, T, 3 * W, lay.head_stride, lay.q_offset},
+            gk{dbase, T, 3 * W, lay.head_stride, lay.k_offset}, gv{dbase, T, 3 * W, lay.head_stride, lay.v_offset};
         nn::dense_attention_backward(hq, hk, hv, heads, D, scale, cref(dAttn.ptr(n * T), {T, W}), gq, gk, gv,
                                      num_threads);
     }

@@ -108,7 +108,6 @@ void encoder_layer_forward(const cublas_handle& handle, tensor_ref<T, 2> x, std:
 
     // Attention half.
     layernorm_forward<T>(x, w.ln1_w.get(), w.ln1_b.get(), config.eps, normed, stream);
-    std::int64_t q_off = 0, k_off = W, v_off = 2 * W, hstride = D;
     if (w.layout == vision::qkv_layout::separate) {
         const device_matrix<T>* mats[3] = {&w.q, &w.k, &w.v};
         const device_vector* biases[3] = {&w.q_bias, &w.k_bias, &w.v_bias};
@@ -117,18 +116,13 @@ void encoder_layer_forward(const cublas_handle& handle, tensor_ref<T, 2> x, std:
                               tensor_ref<T, 2>(qkv + i * W, {R, W}, {3 * W, 1}), stream);
     } else {
         linear_forward<T>(handle, normed, w.qkv.view(), w.qkv_bias.get(), tensor_ref<T, 2>(qkv, {R, 3 * W}), stream);
-        if (w.layout == vision::qkv_layout::fused_interleaved_per_head) {
-            q_off = 0;
-            k_off = D;
-            v_off = 2 * D;
-            hstride = 3 * D;
-        }
     }
+    const vision::qkv_columns cols = vision::qkv_columns_of(w.layout, W, D);
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     for (std::int64_t n = 0; n < N; ++n) {
         const T* base = qkv + n * Tn * 3 * W;
-        const device_heads<T> hq{base, Tn, 3 * W, hstride, q_off}, hk{base, Tn, 3 * W, hstride, k_off},
-            hv{base, Tn, 3 * W, hstride, v_off};
+        const device_heads<T> hq{base, Tn, 3 * W, cols.head_stride, cols.q_offset},
+            hk{base, Tn, 3 * W, cols.head_stride, cols.k_offset}, hv{base, Tn, 3 * W, cols.head_stride, cols.v_offset};
         dense_attention<T>(handle, hq, hk, hv, heads, D, scale, tensor_ref<T, 2>(attn.ptr(n * Tn), {Tn, W}),
                            s.attention, stream);
     }
