@@ -390,6 +390,8 @@ private:
         std::list<std::uint64_t>::iterator lru;
     };
 
+    /// Checks the tower and the options against the language model, and sizes the per-sequence
+    /// image counts (both constructors end here).
     void check() {
         using detail::to_text;
         const char* where = "mmca::visual_chat_model";
