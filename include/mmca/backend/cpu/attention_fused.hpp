@@ -49,6 +49,16 @@ using aligned_floats = std::vector<float, Eigen::aligned_allocator<float>>;
 
 inline std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
 
+/// A row stride (in floats) of at least n whose rows spread over every set of the L1 cache.
+/// A stride of an even number of 64-byte lines, e.g. 128 floats (512 bytes), sends the same
+/// column of 128 rows to 1/8 of the sets of a 32 KiB 8-way L1, so a (128 × 16) column strip
+/// (8 KiB) that should stay in L1 keeps being evicted; one line more per row, an odd number of
+/// lines, spreads the strip over all sets. Strides that are not whole lines are kept.
+inline std::int64_t spread_stride(std::int64_t n) {
+    constexpr std::int64_t line = 64 / static_cast<std::int64_t>(sizeof(float));
+    return n % line == 0 && (n / line) % 2 == 0 ? n + line : n;
+}
+
 // Register blocking of the micro-kernels: `register_rows` rows of 2 packets of accumulators, plus two
 // packets of operands and one broadcast, must fit the register file (16 vector registers on
 // AVX2/SSE/NEON: 6 rows; 32 on AVX-512: 8 rows).
@@ -75,15 +85,17 @@ inline void scores_tile(const float* K, std::int64_t k_stride, std::int64_t D, c
     }
 }
 
-/// St (n × ldm) = K (n × D, row stride k_stride) · Qt (D × ldm); ldm a multiple of 2 packets.
+/// St (n × ldm, row stride ld) = K (n × D, row stride k_stride) · Qt (D × ldm, row stride ld); ldm a
+/// multiple of 2 packets, ld >= ldm (0: ldm).
 inline void scores_transposed(const float* K, std::int64_t k_stride, std::int64_t n, std::int64_t D, const float* Qt,
-                              std::int64_t ldm, float* St) {
+                              std::int64_t ldm, float* St, std::int64_t ld = 0) {
+    if (ld == 0) ld = ldm;
     for (std::int64_t m = 0; m < ldm; m += 2 * packet_size) {
         std::int64_t i = 0;
         for (; i + register_rows <= n; i += register_rows)
-            scores_tile<register_rows>(K + i * k_stride, k_stride, D, Qt + m, ldm, St + i * ldm + m, ldm);
-        for (; i + 4 <= n; i += 4) scores_tile<4>(K + i * k_stride, k_stride, D, Qt + m, ldm, St + i * ldm + m, ldm);
-        for (; i < n; ++i) scores_tile<1>(K + i * k_stride, k_stride, D, Qt + m, ldm, St + i * ldm + m, ldm);
+            scores_tile<register_rows>(K + i * k_stride, k_stride, D, Qt + m, ld, St + i * ld + m, ld);
+        for (; i + 4 <= n; i += 4) scores_tile<4>(K + i * k_stride, k_stride, D, Qt + m, ld, St + i * ld + m, ld);
+        for (; i < n; ++i) scores_tile<1>(K + i * k_stride, k_stride, D, Qt + m, ld, St + i * ld + m, ld);
     }
 }
 
@@ -234,19 +246,24 @@ inline block_use classify_block(const fused_plan& f, const tile_desc& tile, std:
 }
 
 /// Pointer to a (n × D) block of K or V as float32 rows of stride *stride: in place for float storage
-/// whose rows can be read a whole packet at a time, else widened/padded into buf (rows of Dp).
+/// whose rows can be read a whole packet at a time and whose row stride spreads over the L1 sets
+/// (spread_stride), else widened/copied into buf (rows of spread_stride(Dp), zero-padded).
 template <class KV>
 const float* block_rows(const tensor_ref<const KV, 4>& t, std::int64_t b, std::int64_t h, std::int64_t k0,
                         std::int64_t n, std::int64_t D, std::int64_t Dp, aligned_floats& buf, std::int64_t* stride) {
     if constexpr (std::is_same_v<KV, float>) {
-        if (D == Dp) {
+        if (D == Dp && spread_stride(t.strides[2]) == t.strides[2]) {
             *stride = t.strides[2];
             return t.ptr(b, h, k0);
         }
     }
-    buf.assign(static_cast<std::size_t>(n * Dp), 0.0f);
-    for (std::int64_t r = 0; r < n; ++r) to_float(t.ptr(b, h, k0 + r), buf.data() + r * Dp, D);
-    *stride = Dp;
+    const std::int64_t ld = spread_stride(Dp);
+    buf.resize(static_cast<std::size_t>(n * ld));
+    for (std::int64_t r = 0; r < n; ++r) {
+        to_float(t.ptr(b, h, k0 + r), buf.data() + r * ld, D);
+        std::fill(buf.data() + r * ld + D, buf.data() + r * ld + ld, 0.0f);
+    }
+    *stride = ld;
     return buf.data();
 }
 
@@ -297,7 +314,8 @@ inline packet lane_members(const group_lanes& lanes, std::int64_t m, int t, pack
 /// St/Pt are (n × ldm); mx/sum (ldm) are updated; acc rows are rescaled; Pt receives the weights.
 inline void softmax_block(const float* St, float* Pt, std::int64_t n, std::int64_t ldm, bool masked,
                           const group_lanes& lanes, const sequence_index& seq, std::int64_t k0, float* mx, float* sum,
-                          float* block_max, float* acc, std::int64_t Dp) {
+                          float* block_max, float* acc, std::int64_t Dp, std::int64_t ld = 0) {
+    if (ld == 0) ld = ldm;
     using namespace Eigen::internal;
     const packet neg_inf = pset1<packet>(-std::numeric_limits<float>::infinity());
     const packet zero = pset1<packet>(0.0f);
@@ -308,10 +326,10 @@ inline void softmax_block(const float* St, float* Pt, std::int64_t n, std::int64
         const packet kpos = pset1<packet>(static_cast<float>(key));
         const packet kid = pset1<packet>(static_cast<float>(seq.image_ids[key]));
         for (std::int64_t m = 0; m < ldm; m += packet_size) {
-            packet s = ploadu<packet>(St + x * ldm + m);
+            packet s = ploadu<packet>(St + x * ld + m);
             if (lanes.any_uniform) s = pselect(ploadu<packet>(lanes.uniform.data() + m), zero, s);
             if (masked) s = pselect(lane_members(lanes, m, t, kpos, kid), s, neg_inf);
-            pstoreu(Pt + x * ldm + m, s);
+            pstoreu(Pt + x * ld + m, s);
             pstoreu(block_max + m, pmax(ploadu<packet>(block_max + m), s));
         }
     }
@@ -334,9 +352,9 @@ inline void softmax_block(const float* St, float* Pt, std::int64_t n, std::int64
     }
     for (std::int64_t x = 0; x < n; ++x)
         for (std::int64_t m = 0; m < ldm; m += packet_size) {
-            const packet s = ploadu<packet>(Pt + x * ldm + m);
+            const packet s = ploadu<packet>(Pt + x * ld + m);
             const packet p = pselect(pcmp_eq(s, neg_inf), zero, pexp(psub(s, ploadu<packet>(block_max + m))));
-            pstoreu(Pt + x * ldm + m, p);
+            pstoreu(Pt + x * ld + m, p);
             pstoreu(sum + m, padd(ploadu<packet>(sum + m), p));
         }
 }
@@ -795,6 +813,7 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
         const std::int64_t M = R * G;
         const bool small = M <= 8;  // decode steps: matrix-vector products
         const std::int64_t ldm = round_up(M, small ? packet_size : 2 * packet_size);
+        const std::int64_t lds = spread_stride(ldm);  // row stride of qt, st and pt
         fused_scratch& w = scratch[thread];
         // Tile row m holds query head hk*G + m / R and row active[first + m % R].
         auto row_index = [&](std::int64_t m) { return active[b][tile.first + m % R]; };
@@ -807,10 +826,10 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
                 for (std::int64_t d = 0; d < D; ++d) w.qrows[m * Dp + d] = src[d] * p.scale;
             }
         } else {
-            w.qt.assign(static_cast<std::size_t>(D * ldm), 0.0f);
+            w.qt.assign(static_cast<std::size_t>(D * lds), 0.0f);
             for (std::int64_t m = 0; m < M; ++m) {
                 const float* src = q.ptr(b, hk * G + m / R, row_index(m));
-                for (std::int64_t d = 0; d < D; ++d) w.qt[d * ldm + m] = src[d] * p.scale;
+                for (std::int64_t d = 0; d < D; ++d) w.qt[d * lds + m] = src[d] * p.scale;
             }
         }
         for (int g = 0; g < 2; ++g) {
@@ -834,8 +853,8 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
             decode_tile(k, v, fp, tile, lo, hi, Bk, D, Dp, M, row_plans, w);
         } else {
             w.block_max.resize(static_cast<std::size_t>(ldm));
-            w.st.resize(static_cast<std::size_t>(Bk * ldm));
-            for (auto& pt : w.pt) pt.resize(static_cast<std::size_t>(Bk * ldm));
+            w.st.resize(static_cast<std::size_t>(Bk * lds));
+            for (auto& pt : w.pt) pt.resize(static_cast<std::size_t>(Bk * lds));
         }
         for (std::int32_t k0 = (lo / Bk) * Bk; k0 <= hi && !small; k0 += Bk) {
             const std::int32_t k1 = std::min(k0 + Bk, seq.length), n = k1 - k0;
@@ -850,14 +869,14 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
             const float* kb = need_scores ? block_rows(k, b, hk, k0, n, D, Dp, w.kbuf, &ks) : nullptr;
             const float* vb = block_rows(v, b, hk, k0, n, D, Dp, w.vbuf, &vs);
             if (need_scores)
-                scores_transposed(kb, ks, n, D, w.qt.data(), ldm, w.st.data());
+                scores_transposed(kb, ks, n, D, w.qt.data(), ldm, w.st.data(), lds);
             else
-                std::fill(w.st.begin(), w.st.begin() + n * ldm, 0.0f);
+                std::fill(w.st.begin(), w.st.begin() + n * lds, 0.0f);
             for (int g = 0; g < 2; ++g) {
                 if (!used[g]) continue;
                 softmax_block(w.st.data(), w.pt[g].data(), n, ldm, masked[g], w.lanes[g], seq, k0, w.mx[g].data(),
-                              w.sum[g].data(), w.block_max.data(), w.acc[g].data(), Dp);
-                accumulate_values(w.pt[g].data(), ldm, n, vb, vs, Dp, w.acc[g].data(), M);
+                              w.sum[g].data(), w.block_max.data(), w.acc[g].data(), Dp, lds);
+                accumulate_values(w.pt[g].data(), lds, n, vb, vs, Dp, w.acc[g].data(), M);
             }
         }
 
