@@ -147,6 +147,33 @@ struct group_lanes {
     bool any_uniform = false;
 };
 
+/// The float32 rows of K and V of one (sequence, kv head), at a row stride that spreads over the L1
+/// sets (spread_stride), packed one key block at a time when a tile first needs it. Consecutive
+/// tiles of a thread mostly share their kv head, so each K/V row is widened or copied about once
+/// per thread instead of once per tile.
+struct head_rows {
+    std::int64_t batch = -1, kv_head = -1, ld = 0, block = 0;
+    aligned_floats rows[2];                  // (length, ld) K and V
+    std::vector<std::uint8_t> packed[2];     // per key block of K and of V: rows are in place
+
+    /// Makes this hold (b, h) of a sequence of `length` keys cut in blocks of Bk; forgets other heads.
+    void bind(std::int64_t b, std::int64_t h, std::int64_t length, std::int64_t Bk, std::int64_t Dp) {
+        if (b == batch && h == kv_head && Bk == block && spread_stride(Dp) == ld &&
+            static_cast<std::int64_t>(rows[0].size()) >= length * ld)
+            return;
+        batch = b;
+        kv_head = h;
+        block = Bk;
+        ld = spread_stride(Dp);
+        const std::int64_t blocks = (length + Bk - 1) / Bk;
+        for (int t = 0; t < 2; ++t) {
+            if (static_cast<std::int64_t>(rows[t].size()) < length * ld)
+                rows[t].resize(static_cast<std::size_t>(length * ld));
+            packed[t].assign(static_cast<std::size_t>(blocks), 0);
+        }
+    }
+};
+
 /// Scratch of one thread, reused across work items.
 struct fused_scratch {
     aligned_floats qt;          // (D, ldm) scaled query rows of the tile, transposed
@@ -155,8 +182,9 @@ struct fused_scratch {
     aligned_floats pt[2];       // (Bk, ldm) weights per group, transposed
     aligned_floats acc[2];      // (ldm, Dp) accumulators per group
     aligned_floats mx[2], sum[2], block_max;  // (ldm) running max and sum per group
-    aligned_floats kbuf, vbuf;  // (Bk, Dp) widened or padded K/V block
+    aligned_floats kbuf, vbuf;  // (Dp) widened K/V row of a decode tile
     group_lanes lanes[2];
+    head_rows kv;               // K and V of the current (sequence, kv head), packed block by block
 };
 
 /// The query rows of a tile: `count` consecutive entries of a sequence's active-row list.
@@ -245,26 +273,61 @@ inline block_use classify_block(const fused_plan& f, const tile_desc& tile, std:
     return u;
 }
 
-/// Pointer to a (n × D) block of K or V as float32 rows of stride *stride: in place for float storage
-/// whose rows can be read a whole packet at a time and whose row stride spreads over the L1 sets
-/// (spread_stride), else widened/copied into buf (rows of spread_stride(Dp), zero-padded).
+/// True where K/V rows of float storage can be read in place by the micro-kernels: whole packets,
+/// and a row stride that spreads over the L1 sets.
+template <class KV>
+bool rows_in_place(const tensor_ref<const KV, 4>& t, std::int64_t D, std::int64_t Dp) {
+    return std::is_same_v<KV, float> && D == Dp && spread_stride(t.strides[2]) == t.strides[2];
+}
+
+/// Widens (or copies) rows k0 .. k0 + n of a (b, h) slice of K or V into dst, rows of stride ld with
+/// the columns past D zeroed.
+template <class KV>
+void widen_rows(const tensor_ref<const KV, 4>& t, std::int64_t b, std::int64_t h, std::int64_t k0, std::int64_t n,
+                std::int64_t D, std::int64_t ld, float* dst) {
+    for (std::int64_t r = 0; r < n; ++r) {
+        to_float(t.ptr(b, h, k0 + r), dst + r * ld, D);
+        std::fill(dst + r * ld + D, dst + (r + 1) * ld, 0.0f);
+    }
+}
+
+/// Pointer to a (n × D) block of K or V as float32 rows of stride *stride: in place where
+/// rows_in_place, else widened/copied into buf (rows of spread_stride(Dp)).
 template <class KV>
 const float* block_rows(const tensor_ref<const KV, 4>& t, std::int64_t b, std::int64_t h, std::int64_t k0,
                         std::int64_t n, std::int64_t D, std::int64_t Dp, aligned_floats& buf, std::int64_t* stride) {
     if constexpr (std::is_same_v<KV, float>) {
-        if (D == Dp && spread_stride(t.strides[2]) == t.strides[2]) {
+        if (rows_in_place(t, D, Dp)) {
             *stride = t.strides[2];
             return t.ptr(b, h, k0);
         }
     }
     const std::int64_t ld = spread_stride(Dp);
     buf.resize(static_cast<std::size_t>(n * ld));
-    for (std::int64_t r = 0; r < n; ++r) {
-        to_float(t.ptr(b, h, k0 + r), buf.data() + r * ld, D);
-        std::fill(buf.data() + r * ld + D, buf.data() + r * ld + ld, 0.0f);
-    }
+    widen_rows(t, b, h, k0, n, D, ld, buf.data());
     *stride = ld;
     return buf.data();
+}
+
+/// As block_rows, for the key block starting at k0 (a multiple of the bound block size) of the head
+/// bound to hr; which = 0 for K, 1 for V. The block is packed the first time it is asked for.
+template <class KV>
+const float* head_block_rows(const tensor_ref<const KV, 4>& t, int which, std::int64_t k0, std::int64_t n,
+                             std::int64_t D, std::int64_t Dp, head_rows& hr, std::int64_t* stride) {
+    if constexpr (std::is_same_v<KV, float>) {
+        if (rows_in_place(t, D, Dp)) {
+            *stride = t.strides[2];
+            return t.ptr(hr.batch, hr.kv_head, k0);
+        }
+    }
+    float* dst = hr.rows[which].data() + k0 * hr.ld;
+    std::uint8_t& packed = hr.packed[which][static_cast<std::size_t>(k0 / hr.block)];
+    if (!packed) {
+        widen_rows(t, hr.batch, hr.kv_head, k0, n, D, hr.ld, dst);
+        packed = 1;
+    }
+    *stride = hr.ld;
+    return dst;
 }
 
 inline void fill_lanes(group_lanes& lanes, std::int64_t ldm) {
@@ -853,6 +916,7 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
             decode_tile(k, v, fp, tile, lo, hi, Bk, D, Dp, M, row_plans, w);
         } else {
             w.block_max.resize(static_cast<std::size_t>(ldm));
+            w.kv.bind(b, hk, seq.length, Bk, Dp);
             w.st.resize(static_cast<std::size_t>(Bk * lds));
             for (auto& pt : w.pt) pt.resize(static_cast<std::size_t>(Bk * lds));
         }
@@ -866,8 +930,8 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
             const bool need_scores = use.need_scores;
 
             std::int64_t ks = 0, vs = 0;
-            const float* kb = need_scores ? block_rows(k, b, hk, k0, n, D, Dp, w.kbuf, &ks) : nullptr;
-            const float* vb = block_rows(v, b, hk, k0, n, D, Dp, w.vbuf, &vs);
+            const float* kb = need_scores ? head_block_rows(k, 0, k0, n, D, Dp, w.kv, &ks) : nullptr;
+            const float* vb = head_block_rows(v, 1, k0, n, D, Dp, w.kv, &vs);
             if (need_scores)
                 scores_transposed(kb, ks, n, D, w.qt.data(), ldm, w.st.data(), lds);
             else
