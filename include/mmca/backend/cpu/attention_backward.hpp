@@ -85,11 +85,12 @@ inline void accumulate_product(const float* A, std::int64_t lda, std::int64_t n,
 /// One packed tile of the backward (see the file comment); m indexes the tile's rows × heads.
 struct backward_tile {
     std::int64_t M = 0, ldm = 0;          // rows × heads, and that rounded up to 2 packets
+    std::int64_t ld = 0, ldr = 0;         // spread_stride(ldm), spread_stride(Dp): row strides
     std::int32_t lo = 0, hi = -1;         // key positions some row of the tile sees
-    aligned_floats qt;                    // (D, ldm) scale·q, transposed
-    aligned_floats dot;                   // (D, ldm) dO, transposed
-    aligned_floats qrows;                 // (M, Dp) q
-    aligned_floats dorows;                // (M, Dp) dO
+    aligned_floats qt;                    // (D, ld) scale·q, transposed
+    aligned_floats dot;                   // (D, ld) dO, transposed
+    aligned_floats qrows;                 // (M, ldr) q
+    aligned_floats dorows;                // (M, ldr) dO
     aligned_floats mx[2], inv_sum[2];     // (ldm) row max and 1 / row sum per group (0 when empty)
     aligned_floats delta[2];              // (ldm) dO · O_g per group
     group_lanes lanes[2];
@@ -97,16 +98,18 @@ struct backward_tile {
 
 /// Scratch of one thread of the backward, reused across work items.
 struct backward_scratch {
-    aligned_floats st, dpt, pt, psum, dst;  // (Bk, ldm) scores, dP, P_g, Σ_g P_g, dS (all transposed)
-    aligned_floats kbuf, vbuf;              // (Bk, Dp) padded K/V block
+    aligned_floats st, dpt, pt, psum, dst;  // (Bk, ld) scores, dP, P_g, Σ_g P_g, dS (all transposed)
+    aligned_floats kbuf, vbuf;              // (Bk, spread_stride(Dp)) K/V block of the dK/dV pass
+    head_rows kv;                           // K/V of the current kv head in the dQ pass
     aligned_floats acc_a, acc_b;            // dQ (M, Dp), or dK and dV (Bk, Dp)
 };
 
 /// Pt = P_g of the block (keys × lanes) from the row statistics, 0 on lanes whose group does not
-/// contain the key; uniform lanes take S = 0. Adds Pt into psum when psum is not null.
-inline void group_probabilities(const float* St, float* Pt, float* psum, std::int64_t n, std::int64_t ldm, bool masked,
-                                const group_lanes& lanes, const sequence_index& seq, std::int64_t k0, const float* mx,
-                                const float* inv_sum) {
+/// contain the key; uniform lanes take S = 0. Adds Pt into psum when psum is not null. St, Pt and
+/// psum are (n × ldm) of row stride ld.
+inline void group_probabilities(const float* St, float* Pt, float* psum, std::int64_t n, std::int64_t ldm,
+                                std::int64_t ld, bool masked, const group_lanes& lanes, const sequence_index& seq,
+                                std::int64_t k0, const float* mx, const float* inv_sum) {
     using namespace Eigen::internal;
     const packet zero = pset1<packet>(0.0f);
     for (std::int64_t x = 0; x < n; ++x) {
@@ -115,27 +118,27 @@ inline void group_probabilities(const float* St, float* Pt, float* psum, std::in
         const packet kpos = pset1<packet>(static_cast<float>(key));
         const packet kid = pset1<packet>(static_cast<float>(seq.image_ids[key]));
         for (std::int64_t m = 0; m < ldm; m += packet_size) {
-            packet s = ploadu<packet>(St + x * ldm + m);
+            packet s = ploadu<packet>(St + x * ld + m);
             if (lanes.any_uniform) s = pselect(ploadu<packet>(lanes.uniform.data() + m), zero, s);
             packet pr = pmul(pexp(psub(s, ploadu<packet>(mx + m))), ploadu<packet>(inv_sum + m));
             if (masked) pr = pselect(lane_members(lanes, m, t, kpos, kid), pr, zero);
-            pstoreu(Pt + x * ldm + m, pr);
-            if (psum) pstoreu(psum + x * ldm + m, padd(ploadu<packet>(psum + x * ldm + m), pr));
+            pstoreu(Pt + x * ld + m, pr);
+            if (psum) pstoreu(psum + x * ld + m, padd(ploadu<packet>(psum + x * ld + m), pr));
         }
     }
 }
 
-/// dSt += Pt ⊙ (dPt − δ) on the lanes whose group is not uniform (all n × ldm).
+/// dSt += Pt ⊙ (dPt − δ) on the lanes whose group is not uniform (all n × ldm, row stride ld).
 inline void accumulate_score_gradient(const float* Pt, const float* dPt, float* dSt, std::int64_t n, std::int64_t ldm,
-                                      const group_lanes& lanes, const float* delta) {
+                                      std::int64_t ld, const group_lanes& lanes, const float* delta) {
     using namespace Eigen::internal;
     const packet zero = pset1<packet>(0.0f);
     for (std::int64_t x = 0; x < n; ++x)
         for (std::int64_t m = 0; m < ldm; m += packet_size) {
-            packet ds = pmul(ploadu<packet>(Pt + x * ldm + m),
-                             psub(ploadu<packet>(dPt + x * ldm + m), ploadu<packet>(delta + m)));
+            packet ds = pmul(ploadu<packet>(Pt + x * ld + m),
+                             psub(ploadu<packet>(dPt + x * ld + m), ploadu<packet>(delta + m)));
             if (lanes.any_uniform) ds = pselect(ploadu<packet>(lanes.uniform.data() + m), zero, ds);
-            pstoreu(dSt + x * ldm + m, padd(ploadu<packet>(dSt + x * ldm + m), ds));
+            pstoreu(dSt + x * ld + m, padd(ploadu<packet>(dSt + x * ld + m), ds));
         }
 }
 
@@ -203,11 +206,13 @@ inline void attention_fused_backward(const attention_problem& p, tensor_ref<cons
         const std::int64_t b = tile.batch, hk = tile.kv_head, R = tile.count;
         w.M = R * G;
         w.ldm = round_up(w.M, 2 * packet_size);
+        w.ld = spread_stride(w.ldm);
+        w.ldr = spread_stride(Dp);
         tile_key_span(fp, tile, &w.lo, &w.hi);
-        w.qt.assign(static_cast<std::size_t>(D * w.ldm), 0.0f);
-        w.dot.assign(static_cast<std::size_t>(D * w.ldm), 0.0f);
-        w.qrows.assign(static_cast<std::size_t>(w.M * Dp), 0.0f);
-        w.dorows.assign(static_cast<std::size_t>(w.M * Dp), 0.0f);
+        w.qt.assign(static_cast<std::size_t>(D * w.ld), 0.0f);
+        w.dot.assign(static_cast<std::size_t>(D * w.ld), 0.0f);
+        w.qrows.assign(static_cast<std::size_t>(w.M * w.ldr), 0.0f);
+        w.dorows.assign(static_cast<std::size_t>(w.M * w.ldr), 0.0f);
         for (int g = 0; g < 2; ++g) {
             w.mx[g].assign(w.ldm, 0.0f);
             w.inv_sum[g].assign(w.ldm, 0.0f);
@@ -220,10 +225,10 @@ inline void attention_fused_backward(const attention_problem& p, tensor_ref<cons
             const float* qs = q.ptr(b, h, i);
             const float* gs = dout.ptr(b, h, i);
             for (std::int64_t d = 0; d < D; ++d) {
-                w.qt[d * w.ldm + m] = qs[d] * p.scale;
-                w.dot[d * w.ldm + m] = gs[d];
-                w.qrows[m * Dp + d] = qs[d];
-                w.dorows[m * Dp + d] = gs[d];
+                w.qt[d * w.ld + m] = qs[d] * p.scale;
+                w.dot[d * w.ld + m] = gs[d];
+                w.qrows[m * w.ldr + d] = qs[d];
+                w.dorows[m * w.ldr + d] = gs[d];
             }
             for (int g = 0; g < 2; ++g) {
                 set_lane(w.lanes[g], m, plan.group[g]);
@@ -246,29 +251,30 @@ inline void attention_fused_backward(const attention_problem& p, tensor_ref<cons
     parallel_for(tile_count, threads, [&](std::int64_t t, int thread) {
         const tile_desc& tile = fp.tiles[t];
         const backward_tile& pk = packed[t];
-        const std::int64_t b = tile.batch, hk = tile.kv_head, R = tile.count, ldm = pk.ldm;
+        const std::int64_t b = tile.batch, hk = tile.kv_head, R = tile.count, ldm = pk.ldm, ld = pk.ld;
         const sequence_index& seq = fp.index[b];
         backward_scratch& w = scratch[thread];
         w.acc_a.assign(static_cast<std::size_t>(pk.M * Dp), 0.0f);
-        for (auto* buf : {&w.st, &w.dpt, &w.pt, &w.dst}) buf->resize(static_cast<std::size_t>(Bk * ldm));
+        for (auto* buf : {&w.st, &w.dpt, &w.pt, &w.dst}) buf->resize(static_cast<std::size_t>(Bk * ld));
+        w.kv.bind(b, hk, seq.length, Bk, Dp);
         for (std::int32_t k0 = pk.hi < 0 ? 0 : (pk.lo / Bk) * Bk; k0 <= pk.hi; k0 += Bk) {
             const std::int32_t k1 = std::min(k0 + Bk, seq.length), n = k1 - k0;
             const block_use use = classify_block(fp, tile, k0, k1);
             if (!use.need_scores) continue;  // only softmax groups send gradient to Q
             std::int64_t ks = 0, vs = 0;
-            const float* kb = block_rows(k, b, hk, k0, n, D, Dp, w.kbuf, &ks);
-            const float* vb = block_rows(v, b, hk, k0, n, D, Dp, w.vbuf, &vs);
-            scores_transposed(kb, ks, n, D, pk.qt.data(), ldm, w.st.data());
-            scores_transposed(vb, vs, n, D, pk.dot.data(), ldm, w.dpt.data());
-            std::fill(w.dst.begin(), w.dst.begin() + n * ldm, 0.0f);
+            const float* kb = head_block_rows(k, 0, k0, n, D, Dp, w.kv, &ks);
+            const float* vb = head_block_rows(v, 1, k0, n, D, Dp, w.kv, &vs);
+            scores_transposed(kb, ks, n, D, pk.qt.data(), ldm, w.st.data(), ld);
+            scores_transposed(vb, vs, n, D, pk.dot.data(), ldm, w.dpt.data(), ld);
+            std::fill(w.dst.begin(), w.dst.begin() + n * ld, 0.0f);
             for (int g = 0; g < 2; ++g) {
                 if (!use.used[g]) continue;
-                group_probabilities(w.st.data(), w.pt.data(), nullptr, n, ldm, use.masked[g], pk.lanes[g], seq, k0,
-                                    pk.mx[g].data(), pk.inv_sum[g].data());
-                accumulate_score_gradient(w.pt.data(), w.dpt.data(), w.dst.data(), n, ldm, pk.lanes[g],
+                group_probabilities(w.st.data(), w.pt.data(), nullptr, n, ldm, ld, use.masked[g], pk.lanes[g], seq,
+                                    k0, pk.mx[g].data(), pk.inv_sum[g].data());
+                accumulate_score_gradient(w.pt.data(), w.dpt.data(), w.dst.data(), n, ldm, ld, pk.lanes[g],
                                           pk.delta[g].data());
             }
-            accumulate_values(w.dst.data(), ldm, n, kb, ks, Dp, w.acc_a.data(), pk.M);
+            accumulate_values(w.dst.data(), ld, n, kb, ks, Dp, w.acc_a.data(), pk.M);
         }
         for (std::int64_t m = 0; m < pk.M; ++m) {
             float* o = dq.ptr(b, hk * G + m / R, active[b][tile.first + m % R]);
@@ -310,27 +316,27 @@ inline void attention_fused_backward(const attention_problem& p, tensor_ref<cons
             const tile_desc& tile = fp.tiles[t];
             const block_use use = classify_block(fp, tile, k0, k1);
             if (!use.any()) continue;
-            const std::int64_t ldm = pk.ldm;
-            for (auto* buf : {&w.st, &w.dpt, &w.pt, &w.psum, &w.dst}) buf->resize(static_cast<std::size_t>(Bk * ldm));
+            const std::int64_t ldm = pk.ldm, ld = pk.ld;
+            for (auto* buf : {&w.st, &w.dpt, &w.pt, &w.psum, &w.dst}) buf->resize(static_cast<std::size_t>(Bk * ld));
             if (use.need_scores) {
-                scores_transposed(kb, ks, n, D, pk.qt.data(), ldm, w.st.data());
-                scores_transposed(vb, vs, n, D, pk.dot.data(), ldm, w.dpt.data());
-                std::fill(w.dst.begin(), w.dst.begin() + n * ldm, 0.0f);
+                scores_transposed(kb, ks, n, D, pk.qt.data(), ldm, w.st.data(), ld);
+                scores_transposed(vb, vs, n, D, pk.dot.data(), ldm, w.dpt.data(), ld);
+                std::fill(w.dst.begin(), w.dst.begin() + n * ld, 0.0f);
             } else {
-                std::fill(w.st.begin(), w.st.begin() + n * ldm, 0.0f);
+                std::fill(w.st.begin(), w.st.begin() + n * ld, 0.0f);
             }
-            std::fill(w.psum.begin(), w.psum.begin() + n * ldm, 0.0f);
+            std::fill(w.psum.begin(), w.psum.begin() + n * ld, 0.0f);
             for (int g = 0; g < 2; ++g) {
                 if (!use.used[g]) continue;
-                group_probabilities(w.st.data(), w.pt.data(), w.psum.data(), n, ldm, use.masked[g], pk.lanes[g], seq,
-                                    k0, pk.mx[g].data(), pk.inv_sum[g].data());
+                group_probabilities(w.st.data(), w.pt.data(), w.psum.data(), n, ldm, ld, use.masked[g], pk.lanes[g],
+                                    seq, k0, pk.mx[g].data(), pk.inv_sum[g].data());
                 if (use.need_scores)
-                    accumulate_score_gradient(w.pt.data(), w.dpt.data(), w.dst.data(), n, ldm, pk.lanes[g],
+                    accumulate_score_gradient(w.pt.data(), w.dpt.data(), w.dst.data(), n, ldm, ld, pk.lanes[g],
                                               pk.delta[g].data());
             }
-            accumulate_product(w.psum.data(), ldm, n, pk.M, pk.dorows.data(), Dp, Dp, w.acc_b.data(), Dp);
+            accumulate_product(w.psum.data(), ld, n, pk.M, pk.dorows.data(), pk.ldr, Dp, w.acc_b.data(), Dp);
             if (use.need_scores)
-                accumulate_product(w.dst.data(), ldm, n, pk.M, pk.qrows.data(), Dp, Dp, w.acc_a.data(), Dp);
+                accumulate_product(w.dst.data(), ld, n, pk.M, pk.qrows.data(), pk.ldr, Dp, w.acc_a.data(), Dp);
         }
         // Self terms: an image row j of mmca / mmca_reference outputs V_j itself, so dV_j += dO_j.
         const std::int64_t first_row = p.seq_kv_len[b] - p.seq_q_len[b];

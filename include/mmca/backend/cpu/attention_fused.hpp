@@ -11,6 +11,10 @@
 //   acc_g += P_gᵀ · V_block                        register-blocked micro-kernel (8 rows × 2 packets)
 // Key blocks that no row of the tile can see are skipped (prefix counts of token types decide),
 // and S^T is not computed for blocks that only uniform groups touch. No (L, L) buffer exists.
+// Q_tileᵀ, S^T and P^T, and the K/V rows the micro-kernels read, have row strides of an odd number of
+// cache lines (spread_stride): the column strips each micro-kernel pass reuses then stay in L1.
+// K/V rows whose own stride is an even number of lines (D = 128 in float32) or that are stored in
+// 16 bits are widened/copied once per thread and kv head, block by block (head_rows).
 // Tiles of at most 8 rows (decode steps) read each K and V row once: dot products and axpys,
 // software-pipelined so that the K rows of one block and the V rows of the block before stream
 // together (decode_tile).
@@ -86,10 +90,9 @@ inline void scores_tile(const float* K, std::int64_t k_stride, std::int64_t D, c
 }
 
 /// St (n × ldm, row stride ld) = K (n × D, row stride k_stride) · Qt (D × ldm, row stride ld); ldm a
-/// multiple of 2 packets, ld >= ldm (0: ldm).
+/// multiple of 2 packets, ld >= ldm.
 inline void scores_transposed(const float* K, std::int64_t k_stride, std::int64_t n, std::int64_t D, const float* Qt,
-                              std::int64_t ldm, float* St, std::int64_t ld = 0) {
-    if (ld == 0) ld = ldm;
+                              std::int64_t ldm, float* St, std::int64_t ld) {
     for (std::int64_t m = 0; m < ldm; m += 2 * packet_size) {
         std::int64_t i = 0;
         for (; i + register_rows <= n; i += register_rows)
@@ -374,11 +377,11 @@ inline packet lane_members(const group_lanes& lanes, std::int64_t m, int t, pack
 }
 
 /// One online-softmax step of a group over a key block, all lanes at once.
-/// St/Pt are (n × ldm); mx/sum (ldm) are updated; acc rows are rescaled; Pt receives the weights.
-inline void softmax_block(const float* St, float* Pt, std::int64_t n, std::int64_t ldm, bool masked,
+/// St/Pt are (n × ldm) of row stride ld; mx/sum (ldm) are updated; acc rows are rescaled; Pt receives
+/// the weights.
+inline void softmax_block(const float* St, float* Pt, std::int64_t n, std::int64_t ldm, std::int64_t ld, bool masked,
                           const group_lanes& lanes, const sequence_index& seq, std::int64_t k0, float* mx, float* sum,
-                          float* block_max, float* acc, std::int64_t Dp, std::int64_t ld = 0) {
-    if (ld == 0) ld = ldm;
+                          float* block_max, float* acc, std::int64_t Dp) {
     using namespace Eigen::internal;
     const packet neg_inf = pset1<packet>(-std::numeric_limits<float>::infinity());
     const packet zero = pset1<packet>(0.0f);
@@ -938,8 +941,8 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
                 std::fill(w.st.begin(), w.st.begin() + n * lds, 0.0f);
             for (int g = 0; g < 2; ++g) {
                 if (!used[g]) continue;
-                softmax_block(w.st.data(), w.pt[g].data(), n, ldm, masked[g], w.lanes[g], seq, k0, w.mx[g].data(),
-                              w.sum[g].data(), w.block_max.data(), w.acc[g].data(), Dp, lds);
+                softmax_block(w.st.data(), w.pt[g].data(), n, ldm, lds, masked[g], w.lanes[g], seq, k0, w.mx[g].data(),
+                              w.sum[g].data(), w.block_max.data(), w.acc[g].data(), Dp);
                 accumulate_values(w.pt[g].data(), lds, n, vb, vs, Dp, w.acc[g].data(), M);
             }
         }
