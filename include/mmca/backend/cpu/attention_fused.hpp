@@ -5,10 +5,10 @@
 // each K/V block is read once per group). Scores are kept transposed, S^T (keys × tile rows), so
 // that everything a row's online softmax needs (max, sum, rescale, masks) runs down SIMD lanes
 // of tile rows. For each key block the tile can see:
-//   S^T  = K_block · Q_tileᵀ                       register-blocked micro-kernel (8 keys × 2 packets)
+//   S^T  = K_block · Q_tileᵀ                       register-blocked micro-kernel (6-8 keys × 2 packets)
 //   per group g: mask where the block is only partly visible, uniform rows take score 0,
 //   online update of (max, sum) per row, P_g^T = exp(S^T − max)
-//   acc_g += P_gᵀ · V_block                        register-blocked micro-kernel (8 rows × 2 packets)
+//   acc_g += P_gᵀ · V_block                        register-blocked micro-kernel (6-8 rows × 2 packets)
 // Key blocks that no row of the tile can see are skipped (prefix counts of token types decide),
 // and S^T is not computed for blocks that only uniform groups touch. No (L, L) buffer exists.
 // Q_tileᵀ, S^T and P^T, and the K/V rows the micro-kernels read, have row strides of an odd number of
