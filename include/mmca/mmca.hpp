@@ -13,3 +13,4 @@
 #include "mmca/backend/cpu/attention_fused.hpp"
 #include "mmca/attention/attention.hpp"
 #include "mmca/attention/kv_cache.hpp"
+#include "mmca/attention/kv_tokens.hpp"

@@ -358,5 +358,51 @@ TEST(KvCacheImages, DecodedTextTokenBeforeAnyImage) {
     EXPECT_NEAR(out(0, 0, 1, 2), 0.0, 1e-6);
 }
 
+
+TEST(KvTokens, PartialTakesPerSequenceAndRefusedAppendChangesNothing) {
+    // The token side both caches (host and device) keep: sequence 0 takes 3 new tokens, sequence 1
+    // takes 1 (lens); an append past the capacity is refused before anything changes.
+    mmca::kv_tokens book(2, 5);
+    const std::vector<std::int8_t> types = {T, I, I, I, T, T};  // (2, 3)
+    const std::vector<std::int32_t> lens = {3, 1};
+    const mmca::tensor_ref<const std::int8_t, 2> types_ref(types.data(), {2, 3});
+    const mmca::tensor_ref<const std::int32_t, 1> lens_ref(lens.data(), {2});
+    const std::vector<std::int64_t> take = book.check_append("test", 3, types_ref, {}, lens_ref);
+    EXPECT_EQ(take, (std::vector<std::int64_t>{3, 1}));
+    book.record(types_ref, {}, take);
+    const mmca::token_layout t = book.tokens();
+    EXPECT_EQ(t.kv_lens(0), 3);
+    EXPECT_EQ(t.kv_lens(1), 1);
+    EXPECT_EQ(t.q_lens(0), 3);
+    EXPECT_EQ(t.q_lens(1), 1);
+    const std::vector<std::int32_t> ids0 = {-1, 0, 0}, ids1 = {0};
+    for (std::int64_t x = 0; x < 3; ++x) EXPECT_EQ(t.image_ids(0, x), ids0[x]) << "sequence 0, position " << x;
+    EXPECT_EQ(t.image_ids(1, 0), ids1[0]);
+    EXPECT_EQ(t.types(1, 0), I);
+
+    // 3 more tokens fit sequence 1 (1 + 3 <= 5) but not sequence 0 (3 + 3 > 5).
+    try {
+        (void)book.check_append("test", 3, types_ref, {}, {});
+        FAIL() << "an append past the capacity was accepted";
+    } catch (const mmca::invalid_argument& e) {
+        const std::string what = e.what();
+        EXPECT_NE(what.find("3 new tokens for sequence 0 holding 3"), std::string::npos) << what;
+        EXPECT_NE(what.find("at most 2"), std::string::npos) << what;
+    }
+    EXPECT_EQ(book.length(0), 3);
+    EXPECT_EQ(book.length(1), 1);
+    EXPECT_EQ(book.last_appended(0), 3);
+
+    // A second image run in sequence 1 continues image 0 (its last cached token is an image token).
+    const std::vector<std::int8_t> more = {T, I};  // (2, 1)
+    const mmca::tensor_ref<const std::int8_t, 2> more_ref(more.data(), {2, 1});
+    book.record(more_ref, {}, book.check_append("test", 1, more_ref, {}, {}));
+    EXPECT_EQ(book.tokens().image_ids(1, 1), 0);
+    EXPECT_EQ(book.tokens().image_ids(0, 3), -1);
+    book.clear();
+    EXPECT_EQ(book.length(0), 0);
+    EXPECT_EQ(book.tokens().image_ids(1, 0), -1);
+}
+
 }  // namespace
 }  // namespace mmca_test

@@ -10,6 +10,7 @@
 #pragma once
 
 #include "mmca/attention/attention.hpp"
+#include "mmca/attention/kv_tokens.hpp"
 #include "mmca/attention/types.hpp"
 #include "mmca/core/dtype.hpp"
 #include "mmca/core/error.hpp"
@@ -30,20 +31,10 @@ public:
     using value_type = T;
 
     kv_cache(std::int64_t batch, std::int64_t kv_heads, std::int64_t capacity, std::int64_t head_dim)
-        : batch_(batch), kv_heads_(kv_heads), capacity_(capacity), head_dim_(head_dim) {
-        const char* where = "mmca::kv_cache";
-        MMCA_CHECK_ARG(batch > 0, where, "batch", detail::to_text(batch), "a positive number of sequences");
-        MMCA_CHECK_ARG(kv_heads > 0, where, "kv_heads", detail::to_text(kv_heads), "a positive number of heads");
-        MMCA_CHECK_ARG(capacity > 0, where, "capacity", detail::to_text(capacity), "a positive number of tokens");
-        MMCA_CHECK_ARG(head_dim > 0 && head_dim <= 256, where, "head_dim", detail::to_text(head_dim),
-                       "a head dimension in [1, 256]");
+        : batch_(batch), kv_heads_(kv_heads), capacity_(capacity), head_dim_(head_dim),
+          tokens_(checked_tokens(batch, kv_heads, capacity, head_dim)) {
         keys_.assign(static_cast<std::size_t>(batch * kv_heads * capacity * head_dim), T(0.0f));
         values_.assign(keys_.size(), T(0.0f));
-        types_.assign(static_cast<std::size_t>(batch * capacity), 0);
-        image_ids_.assign(types_.size(), -1);
-        lengths_.assign(batch, 0);
-        appended_.assign(batch, 0);
-        images_.assign(batch, 0);
     }
 
     std::int64_t batch() const { return batch_; }
@@ -51,9 +42,9 @@ public:
     std::int64_t capacity() const { return capacity_; }
     std::int64_t head_dim() const { return head_dim_; }
     /// Tokens cached for sequence b.
-    std::int64_t length(std::int64_t b) const { return lengths_.at(b); }
+    std::int64_t length(std::int64_t b) const { return tokens_.length(b); }
     /// Tokens added to sequence b by the most recent append().
-    std::int64_t last_appended(std::int64_t b) const { return appended_.at(b); }
+    std::int64_t last_appended(std::int64_t b) const { return tokens_.last_appended(b); }
 
     /// Appends new tokens: k_new and v_new (B, Hkv, Ln, D) float32, types (B, Ln) and optionally
     /// image_ids (B, Ln) and lens (B): sequence b takes its first lens[b] new tokens (default Ln).
@@ -72,85 +63,48 @@ public:
         MMCA_CHECK_ARG(v_new.shape == k_new.shape, where, "v", v_new.shape_text(), "the shape of k " + k_new.shape_text());
         MMCA_CHECK_ARG(k_new.inner_contiguous() && v_new.inner_contiguous(), where, "k/v", "a strided last dimension",
                        "a contiguous last dimension (D)");
-        MMCA_CHECK_ARG(!types.empty() && types.shape[0] == batch_ && types.shape[1] == Ln, where, "token_types",
-                       types.shape_text(), "[" + to_text(batch_) + ", " + to_text(Ln) + "] (B, Ln)");
-        if (!image_ids.empty())
-            MMCA_CHECK_ARG(image_ids.shape == types.shape, where, "image_ids", image_ids.shape_text(),
-                           "the shape of token_types " + types.shape_text());
-        if (!lens.empty())
-            MMCA_CHECK_ARG(lens.shape[0] == batch_, where, "lens", lens.shape_text(), "[" + to_text(batch_) + "]");
-        std::vector<std::int64_t> take(batch_);
+        const std::vector<std::int64_t> take = tokens_.check_append(where, Ln, types, image_ids, lens);
         for (std::int64_t b = 0; b < batch_; ++b) {
-            take[b] = lens.empty() ? Ln : lens(b);
-            MMCA_CHECK_ARG(take[b] >= 0 && take[b] <= Ln, where, "lens", "lens[" + to_text(b) + "] = " + to_text(take[b]),
-                           "a count in [0, " + to_text(Ln) + "]");
-            MMCA_CHECK_ARG(lengths_[b] + take[b] <= capacity_, where, "k",
-                           to_text(take[b]) + " new tokens for sequence " + to_text(b) + " holding " +
-                               to_text(lengths_[b]),
-                           "at most " + to_text(capacity_ - lengths_[b]) + " (cache capacity " + to_text(capacity_) +
-                               " tokens)");
-            check_new_tokens(where, types, image_ids, b, take[b]);
-        }
-        for (std::int64_t b = 0; b < batch_; ++b) {
-            const std::int64_t start = lengths_[b];
+            const std::int64_t start = tokens_.length(b);
             for (std::int64_t h = 0; h < kv_heads_; ++h)
                 for (std::int64_t i = 0; i < take[b]; ++i) {
                     from_float(k_new.ptr(b, h, i), key_ptr(b, h, start + i), head_dim_);
                     from_float(v_new.ptr(b, h, i), value_ptr(b, h, start + i), head_dim_);
                 }
-            for (std::int64_t i = 0; i < take[b]; ++i) {
-                const std::int64_t pos = b * capacity_ + start + i;
-                const std::int8_t t = types(b, i);
-                types_[pos] = t;
-                std::int32_t id = -1;
-                if (t == 2) {
-                    if (!image_ids.empty()) {
-                        id = image_ids(b, i);
-                    } else {
-                        const bool continues = start + i > 0 && types_[pos - 1] == 2;
-                        id = continues ? image_ids_[pos - 1] : images_[b];
-                    }
-                    images_[b] = std::max(images_[b], id + 1);
-                }
-                image_ids_[pos] = id;
-            }
-            lengths_[b] = static_cast<std::int32_t>(start + take[b]);
-            appended_[b] = static_cast<std::int32_t>(take[b]);
         }
+        tokens_.record(types, image_ids, take);
     }
 
     /// Checks the metadata of `take` new tokens of sequence b without changing anything: token types
     /// in {0, 1, 2}; explicit image indices in [0, position of the token] (what attention over the
-    /// cache accepts). append() calls it; so do callers that validate a whole step before appending.
+    /// cache accepts). append() checks them too; so do callers that validate a whole step before
+    /// appending.
     void check_new_tokens(const char* where, tensor_ref<const std::int8_t, 2> types,
                           tensor_ref<const std::int32_t, 2> image_ids, std::int64_t b, std::int64_t take) const {
-        mmca::check_new_tokens(where, types, image_ids, b, take, lengths_[b]);
+        tokens_.check_new_tokens(where, types, image_ids, b, take);
     }
 
     /// Forgets every cached token.
-    void clear() {
-        std::fill(lengths_.begin(), lengths_.end(), 0);
-        std::fill(appended_.begin(), appended_.end(), 0);
-        std::fill(images_.begin(), images_.end(), 0);
-        std::fill(types_.begin(), types_.end(), 0);
-        std::fill(image_ids_.begin(), image_ids_.end(), -1);
-    }
+    void clear() { tokens_.clear(); }
 
     /// (B, Hkv, capacity, D) views of the stored keys and values.
     tensor_ref<const T, 4> keys() const { return {keys_.data(), {batch_, kv_heads_, capacity_, head_dim_}}; }
     tensor_ref<const T, 4> values() const { return {values_.data(), {batch_, kv_heads_, capacity_, head_dim_}}; }
 
     /// Token layout for attention over the cache: queries are the tokens of the latest append().
-    token_layout tokens() const {
-        token_layout t;
-        t.types = tensor_ref<const std::int8_t, 2>(types_.data(), {batch_, capacity_});
-        t.image_ids = tensor_ref<const std::int32_t, 2>(image_ids_.data(), {batch_, capacity_});
-        t.kv_lens = tensor_ref<const std::int32_t, 1>(lengths_.data(), {batch_});
-        t.q_lens = tensor_ref<const std::int32_t, 1>(appended_.data(), {batch_});
-        return t;
-    }
+    token_layout tokens() const { return tokens_.tokens(); }
 
 private:
+    static kv_tokens checked_tokens(std::int64_t batch, std::int64_t kv_heads, std::int64_t capacity,
+                                    std::int64_t head_dim) {
+        const char* where = "mmca::kv_cache";
+        MMCA_CHECK_ARG(batch > 0, where, "batch", detail::to_text(batch), "a positive number of sequences");
+        MMCA_CHECK_ARG(kv_heads > 0, where, "kv_heads", detail::to_text(kv_heads), "a positive number of heads");
+        MMCA_CHECK_ARG(capacity > 0, where, "capacity", detail::to_text(capacity), "a positive number of tokens");
+        MMCA_CHECK_ARG(head_dim > 0 && head_dim <= 256, where, "head_dim", detail::to_text(head_dim),
+                       "a head dimension in [1, 256]");
+        return kv_tokens(batch, capacity);
+    }
     T* key_ptr(std::int64_t b, std::int64_t h, std::int64_t i) {
         return keys_.data() + ((b * kv_heads_ + h) * capacity_ + i) * head_dim_;
     }
@@ -159,12 +113,8 @@ private:
     }
 
     std::int64_t batch_, kv_heads_, capacity_, head_dim_;
+    kv_tokens tokens_;                      // token types, image indices, lengths
     std::vector<T> keys_, values_;          // (B, Hkv, capacity, D)
-    std::vector<std::int8_t> types_;        // (B, capacity)
-    std::vector<std::int32_t> image_ids_;   // (B, capacity)
-    std::vector<std::int32_t> lengths_;     // (B) tokens cached
-    std::vector<std::int32_t> appended_;    // (B) tokens of the latest append
-    std::vector<std::int32_t> images_;      // (B) images numbered so far
 };
 
 /// Attention for the tokens of the cache's latest append(): q is (B, Hq, Lq, D) with

@@ -8,6 +8,7 @@
 // drive the host-side planning of every call).
 #pragma once
 
+#include "mmca/attention/kv_tokens.hpp"
 #include "mmca/attention/types.hpp"
 #include "mmca/backend/cuda/attention_fused.cuh"
 #include "mmca/backend/cuda/common.cuh"
@@ -53,14 +54,8 @@ public:
 
     /// Allocates (B, Hkv, capacity, D) keys and values on the current device (zeroed).
     kv_cache(std::int64_t batch, std::int64_t kv_heads, std::int64_t capacity, std::int64_t head_dim)
-        : batch_(batch), kv_heads_(kv_heads), capacity_(capacity), head_dim_(head_dim) {
-        const char* where = "mmca::cuda::kv_cache";
-        using mmca::detail::to_text;
-        MMCA_CHECK_ARG(batch > 0, where, "batch", to_text(batch), "a positive number of sequences");
-        MMCA_CHECK_ARG(kv_heads > 0, where, "kv_heads", to_text(kv_heads), "a positive number of heads");
-        MMCA_CHECK_ARG(capacity > 0, where, "capacity", to_text(capacity), "a positive number of tokens");
-        MMCA_CHECK_ARG(head_dim > 0 && head_dim <= 256, where, "head_dim", to_text(head_dim),
-                       "a head dimension in [1, 256]");
+        : batch_(batch), kv_heads_(kv_heads), capacity_(capacity), head_dim_(head_dim),
+          tokens_(checked_tokens(batch, kv_heads, capacity, head_dim)) {
         const std::size_t bytes = static_cast<std::size_t>(batch * kv_heads * capacity * head_dim) * sizeof(T);
         keys_.allocate(bytes);
         values_.allocate(bytes);
@@ -68,19 +63,14 @@ public:
         MMCA_CUDA_CHECK(cudaMemset(values_.data(), 0, bytes));
         MMCA_CUDA_CHECK(cudaDeviceSynchronize());  // appends may run on a non-blocking stream
         start_take_.allocate(static_cast<std::size_t>(2 * batch) * sizeof(std::int32_t));
-        types_.assign(static_cast<std::size_t>(batch * capacity), 0);
-        image_ids_.assign(types_.size(), -1);
-        lengths_.assign(batch, 0);
-        appended_.assign(batch, 0);
-        images_.assign(batch, 0);
     }
 
     std::int64_t batch() const { return batch_; }
     std::int64_t kv_heads() const { return kv_heads_; }
     std::int64_t capacity() const { return capacity_; }
     std::int64_t head_dim() const { return head_dim_; }
-    std::int64_t length(std::int64_t b) const { return lengths_.at(b); }
-    std::int64_t last_appended(std::int64_t b) const { return appended_.at(b); }
+    std::int64_t length(std::int64_t b) const { return tokens_.length(b); }
+    std::int64_t last_appended(std::int64_t b) const { return tokens_.last_appended(b); }
 
     /// Appends new tokens: k_new and v_new (B, Hkv, Ln, D) on the device; types (B, Ln), optional
     /// image_ids (B, Ln) and lens (B) on the host (sequence b takes its first lens[b] tokens).
@@ -100,28 +90,13 @@ public:
         MMCA_CHECK_ARG(v_new.shape == k_new.shape, where, "v", v_new.shape_text(), "the shape of k " + k_new.shape_text());
         MMCA_CHECK_ARG(k_new.inner_contiguous() && v_new.inner_contiguous(), where, "k/v", "a strided last dimension",
                        "a contiguous last dimension (D)");
-        MMCA_CHECK_ARG(!types.empty() && types.shape[0] == batch_ && types.shape[1] == Ln, where, "token_types",
-                       types.shape_text(), "[" + to_text(batch_) + ", " + to_text(Ln) + "] (B, Ln)");
-        if (!image_ids.empty())
-            MMCA_CHECK_ARG(image_ids.shape == types.shape, where, "image_ids", image_ids.shape_text(),
-                           "the shape of token_types " + types.shape_text());
-        if (!lens.empty())
-            MMCA_CHECK_ARG(lens.shape[0] == batch_, where, "lens", lens.shape_text(), "[" + to_text(batch_) + "]");
+        const std::vector<std::int64_t> take = tokens_.check_append(where, Ln, types, image_ids, lens);
         detail::check_device_pointer(k_new.data, where, "k");
         detail::check_device_pointer(v_new.data, where, "v");
         std::vector<std::int32_t> start_take(2 * static_cast<std::size_t>(batch_));
         for (std::int64_t b = 0; b < batch_; ++b) {
-            const std::int64_t take = lens.empty() ? Ln : lens(b);
-            MMCA_CHECK_ARG(take >= 0 && take <= Ln, where, "lens", "lens[" + to_text(b) + "] = " + to_text(take),
-                           "a count in [0, " + to_text(Ln) + "]");
-            MMCA_CHECK_ARG(lengths_[b] + take <= capacity_, where, "k",
-                           to_text(take) + " new tokens for sequence " + to_text(b) + " holding " +
-                               to_text(lengths_[b]),
-                           "at most " + to_text(capacity_ - lengths_[b]) + " (cache capacity " + to_text(capacity_) +
-                               " tokens)");
-            mmca::check_new_tokens(where, types, image_ids, b, take, lengths_[b]);
-            start_take[2 * b] = lengths_[b];
-            start_take[2 * b + 1] = static_cast<std::int32_t>(take);
+            start_take[2 * b] = static_cast<std::int32_t>(tokens_.length(b));
+            start_take[2 * b + 1] = static_cast<std::int32_t>(take[b]);
         }
 
         if (Ln > 0) {
@@ -136,38 +111,11 @@ public:
                 static_cast<std::int32_t>(head_dim_), start_take_.as<std::int32_t>());
             MMCA_CUDA_CHECK(cudaGetLastError());
         }
-
-        for (std::int64_t b = 0; b < batch_; ++b) {
-            const std::int64_t start = lengths_[b], take = start_take[2 * b + 1];
-            for (std::int64_t i = 0; i < take; ++i) {
-                const std::int64_t pos = b * capacity_ + start + i;
-                const std::int8_t t = types(b, i);
-                types_[pos] = t;
-                std::int32_t id = -1;
-                if (t == 2) {
-                    if (!image_ids.empty()) {
-                        id = image_ids(b, i);
-                    } else {
-                        const bool continues = start + i > 0 && types_[pos - 1] == 2;
-                        id = continues ? image_ids_[pos - 1] : images_[b];
-                    }
-                    images_[b] = std::max(images_[b], id + 1);
-                }
-                image_ids_[pos] = id;
-            }
-            lengths_[b] = static_cast<std::int32_t>(start + take);
-            appended_[b] = static_cast<std::int32_t>(take);
-        }
+        tokens_.record(types, image_ids, take);
     }
 
     /// Forgets every cached token (the device arrays are kept).
-    void clear() {
-        std::fill(lengths_.begin(), lengths_.end(), 0);
-        std::fill(appended_.begin(), appended_.end(), 0);
-        std::fill(images_.begin(), images_.end(), 0);
-        std::fill(types_.begin(), types_.end(), 0);
-        std::fill(image_ids_.begin(), image_ids_.end(), -1);
-    }
+    void clear() { tokens_.clear(); }
 
     /// (B, Hkv, capacity, D) device views of the stored keys and values.
     tensor_ref<const T, 4> keys() const {
@@ -178,24 +126,25 @@ public:
     }
 
     /// Host token layout for attention over the cache: the queries are the latest append's tokens.
-    token_layout tokens() const {
-        token_layout t;
-        t.types = tensor_ref<const std::int8_t, 2>(types_.data(), {batch_, capacity_});
-        t.image_ids = tensor_ref<const std::int32_t, 2>(image_ids_.data(), {batch_, capacity_});
-        t.kv_lens = tensor_ref<const std::int32_t, 1>(lengths_.data(), {batch_});
-        t.q_lens = tensor_ref<const std::int32_t, 1>(appended_.data(), {batch_});
-        return t;
-    }
+    token_layout tokens() const { return tokens_.tokens(); }
 
 private:
+    static kv_tokens checked_tokens(std::int64_t batch, std::int64_t kv_heads, std::int64_t capacity,
+                                    std::int64_t head_dim) {
+        const char* where = "mmca::cuda::kv_cache";
+        using mmca::detail::to_text;
+        MMCA_CHECK_ARG(batch > 0, where, "batch", to_text(batch), "a positive number of sequences");
+        MMCA_CHECK_ARG(kv_heads > 0, where, "kv_heads", to_text(kv_heads), "a positive number of heads");
+        MMCA_CHECK_ARG(capacity > 0, where, "capacity", to_text(capacity), "a positive number of tokens");
+        MMCA_CHECK_ARG(head_dim > 0 && head_dim <= 256, where, "head_dim", to_text(head_dim),
+                       "a head dimension in [1, 256]");
+        return kv_tokens(batch, capacity);
+    }
+
     std::int64_t batch_, kv_heads_, capacity_, head_dim_;
+    kv_tokens tokens_;                     // token types, image indices, lengths (host)
     device_buffer keys_, values_;          // (B, Hkv, capacity, D) device
     device_buffer start_take_;             // (B, 2) device: where the current append writes
-    std::vector<std::int8_t> types_;       // (B, capacity)
-    std::vector<std::int32_t> image_ids_;  // (B, capacity)
-    std::vector<std::int32_t> lengths_;    // (B)
-    std::vector<std::int32_t> appended_;   // (B)
-    std::vector<std::int32_t> images_;     // (B)
 };
 
 /// Attention for the tokens of the cache's latest append(): q and out are (B, Hq, Lq, D) device
