@@ -155,25 +155,19 @@ struct group_lanes {
 /// tiles of a thread mostly share their kv head, so each K/V row is widened or copied about once
 /// per thread instead of once per tile.
 struct head_rows {
-    std::int64_t batch = -1, kv_head = -1, ld = 0, block = 0;
-    aligned_floats rows[2];                  // (length, ld) K and V
+    std::int64_t batch = -1, kv_head = -1, length = 0, ld = 0, block = 0;
+    aligned_floats rows[2];                  // (length, ld) K and V, allocated when first packed
     std::vector<std::uint8_t> packed[2];     // per key block of K and of V: rows are in place
 
     /// Makes this hold (b, h) of a sequence of `length` keys cut in blocks of Bk; forgets other heads.
-    void bind(std::int64_t b, std::int64_t h, std::int64_t length, std::int64_t Bk, std::int64_t Dp) {
-        if (b == batch && h == kv_head && Bk == block && spread_stride(Dp) == ld &&
-            static_cast<std::int64_t>(rows[0].size()) >= length * ld)
-            return;
+    void bind(std::int64_t b, std::int64_t h, std::int64_t n, std::int64_t Bk, std::int64_t Dp) {
+        if (b == batch && h == kv_head && n == length && Bk == block && spread_stride(Dp) == ld) return;
         batch = b;
         kv_head = h;
+        length = n;
         block = Bk;
         ld = spread_stride(Dp);
-        const std::int64_t blocks = (length + Bk - 1) / Bk;
-        for (int t = 0; t < 2; ++t) {
-            if (static_cast<std::int64_t>(rows[t].size()) < length * ld)
-                rows[t].resize(static_cast<std::size_t>(length * ld));
-            packed[t].assign(static_cast<std::size_t>(blocks), 0);
-        }
+        for (auto& p : packed) p.assign(static_cast<std::size_t>((n + Bk - 1) / Bk), 0);
     }
 };
 
@@ -323,7 +317,10 @@ const float* head_block_rows(const tensor_ref<const KV, 4>& t, int which, std::i
             return t.ptr(hr.batch, hr.kv_head, k0);
         }
     }
-    float* dst = hr.rows[which].data() + k0 * hr.ld;
+    aligned_floats& rows = hr.rows[which];
+    if (static_cast<std::int64_t>(rows.size()) < hr.length * hr.ld)
+        rows.resize(static_cast<std::size_t>(hr.length * hr.ld));
+    float* dst = rows.data() + k0 * hr.ld;
     std::uint8_t& packed = hr.packed[which][static_cast<std::size_t>(k0 / hr.block)];
     if (!packed) {
         widen_rows(t, hr.batch, hr.kv_head, k0, n, D, hr.ld, dst);
