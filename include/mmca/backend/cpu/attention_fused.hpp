@@ -89,16 +89,36 @@ inline void scores_tile(const float* K, std::int64_t k_stride, std::int64_t D, c
     }
 }
 
+/// True while `left` rows (or keys) should still be taken register_rows at a time. The rest goes in
+/// blocks of 4, whose 8 accumulators still hide the FMA latency, so that at most 3 rows are left to
+/// the narrow blocks whose short dependency chains run at a fraction of the FMA rate: with 6 rows
+/// per block, 128 = 6·20 + 4·2 rather than 6·21 + 1 + 1.
+constexpr bool take_full_block(std::int64_t left) {
+    return left >= register_rows && !(register_rows == 6 && left == 8);
+}
+
+/// The largest entry of lane_keys over the packets that hold lanes [m, m + count): how many keys
+/// of the block those lanes see (n when lane_keys is null).
+inline std::int64_t keys_of_lanes(const std::int64_t* lane_keys, std::int64_t n, std::int64_t m, std::int64_t count) {
+    if (lane_keys == nullptr) return n;
+    std::int64_t most = 0;
+    for (std::int64_t j = m / packet_size; j * packet_size < m + count; ++j) most = std::max(most, lane_keys[j]);
+    return most;
+}
+
 /// St (n × ldm, row stride ld) = K (n × D, row stride k_stride) · Qt (D × ldm, row stride ld); ldm a
-/// multiple of 2 packets, ld >= ldm.
+/// multiple of 2 packets, ld >= ldm. With lane_keys (one entry per packet of lanes), the lanes of
+/// packet j only need the first lane_keys[j] keys: a column strip skips the keys none of its lanes
+/// sees, and leaves those scores unwritten.
 inline void scores_transposed(const float* K, std::int64_t k_stride, std::int64_t n, std::int64_t D, const float* Qt,
-                              std::int64_t ldm, float* St, std::int64_t ld) {
+                              std::int64_t ldm, float* St, std::int64_t ld, const std::int64_t* lane_keys = nullptr) {
     for (std::int64_t m = 0; m < ldm; m += 2 * packet_size) {
+        const std::int64_t keys = keys_of_lanes(lane_keys, n, m, 2 * packet_size);
         std::int64_t i = 0;
-        for (; i + register_rows <= n; i += register_rows)
+        for (; take_full_block(keys - i); i += register_rows)
             scores_tile<register_rows>(K + i * k_stride, k_stride, D, Qt + m, ld, St + i * ld + m, ld);
-        for (; i + 4 <= n; i += 4) scores_tile<4>(K + i * k_stride, k_stride, D, Qt + m, ld, St + i * ld + m, ld);
-        for (; i < n; ++i) scores_tile<1>(K + i * k_stride, k_stride, D, Qt + m, ld, St + i * ld + m, ld);
+        for (; i + 4 <= keys; i += 4) scores_tile<4>(K + i * k_stride, k_stride, D, Qt + m, ld, St + i * ld + m, ld);
+        for (; i < keys; ++i) scores_tile<1>(K + i * k_stride, k_stride, D, Qt + m, ld, St + i * ld + m, ld);
     }
 }
 
@@ -124,16 +144,23 @@ inline void values_tile(const float* Pt, std::int64_t ldp, std::int64_t n, const
 }
 
 /// acc (rows × Dp) += Ptᵀ · V for Dp a multiple of one packet. Column strips of V (Bk × 2 packets)
-/// are the outer loop so that each strip stays in L1 while every row tile passes over it.
+/// are the outer loop so that each strip stays in L1 while every row tile passes over it. With
+/// lane_keys (as for scores_transposed), a row tile reads only the keys its lanes see; Pt must hold
+/// zeros for its lanes up to that count.
 inline void accumulate_values(const float* Pt, std::int64_t ldp, std::int64_t n, const float* V, std::int64_t v_stride,
-                              std::int64_t Dp, float* acc, std::int64_t rows) {
+                              std::int64_t Dp, float* acc, std::int64_t rows, const std::int64_t* lane_keys = nullptr) {
     auto strip = [&](auto columns, std::int64_t d) {
         constexpr int NP = decltype(columns)::value;
+        auto tile = [&](auto tile_rows, std::int64_t m) {
+            constexpr int MI = decltype(tile_rows)::value;
+            const std::int64_t keys = keys_of_lanes(lane_keys, n, m, MI);
+            if (keys > 0) values_tile<MI, NP>(Pt + m, ldp, keys, V + d, v_stride, acc + m * Dp + d, Dp);
+        };
         std::int64_t m = 0;
-        for (; m + register_rows <= rows; m += register_rows)
-            values_tile<register_rows, NP>(Pt + m, ldp, n, V + d, v_stride, acc + m * Dp + d, Dp);
-        for (; m + 2 <= rows; m += 2) values_tile<2, NP>(Pt + m, ldp, n, V + d, v_stride, acc + m * Dp + d, Dp);
-        for (; m < rows; ++m) values_tile<1, NP>(Pt + m, ldp, n, V + d, v_stride, acc + m * Dp + d, Dp);
+        for (; take_full_block(rows - m); m += register_rows) tile(std::integral_constant<int, register_rows>{}, m);
+        for (; m + 4 <= rows; m += 4) tile(std::integral_constant<int, 4>{}, m);
+        for (; m + 2 <= rows; m += 2) tile(std::integral_constant<int, 2>{}, m);
+        for (; m < rows; ++m) tile(std::integral_constant<int, 1>{}, m);
     };
     std::int64_t d = 0;
     for (; d + 2 * packet_size <= Dp; d += 2 * packet_size) strip(std::integral_constant<int, 2>{}, d);
@@ -180,6 +207,8 @@ struct fused_scratch {
     aligned_floats acc[2];      // (ldm, Dp) accumulators per group
     aligned_floats mx[2], sum[2], block_max;  // (ldm) running max and sum per group
     aligned_floats kbuf, vbuf;  // (Dp) widened K/V row of a decode tile
+    std::vector<std::int32_t> lane_end;   // (ldm) one past the last key position a tile row sees
+    std::vector<std::int64_t> lane_keys;  // (ldm / packet_size) keys of the current block a packet of lanes sees
     group_lanes lanes[2];
     head_rows kv;               // K and V of the current (sequence, kv head), packed block by block
 };
@@ -375,13 +404,15 @@ inline packet lane_members(const group_lanes& lanes, std::int64_t m, int t, pack
 
 /// One online-softmax step of a group over a key block, all lanes at once.
 /// St/Pt are (n × ldm) of row stride ld; mx/sum (ldm) are updated; acc rows are rescaled; Pt receives
-/// the weights.
+/// the weights. With lane_keys (see scores_transposed), the lanes of packet j read only the first
+/// lane_keys[j] scores and take weight 0 for the other keys of the block.
 inline void softmax_block(const float* St, float* Pt, std::int64_t n, std::int64_t ldm, std::int64_t ld, bool masked,
                           const group_lanes& lanes, const sequence_index& seq, std::int64_t k0, float* mx, float* sum,
-                          float* block_max, float* acc, std::int64_t Dp) {
+                          float* block_max, float* acc, std::int64_t Dp, const std::int64_t* lane_keys = nullptr) {
     using namespace Eigen::internal;
     const packet neg_inf = pset1<packet>(-std::numeric_limits<float>::infinity());
     const packet zero = pset1<packet>(0.0f);
+    auto seen = [&](std::int64_t x, std::int64_t m) { return lane_keys == nullptr || x < lane_keys[m / packet_size]; };
     for (std::int64_t m = 0; m < ldm; m += packet_size) pstoreu(block_max + m, neg_inf);
     for (std::int64_t x = 0; x < n; ++x) {
         const std::int64_t key = k0 + x;
@@ -389,6 +420,7 @@ inline void softmax_block(const float* St, float* Pt, std::int64_t n, std::int64
         const packet kpos = pset1<packet>(static_cast<float>(key));
         const packet kid = pset1<packet>(static_cast<float>(seq.image_ids[key]));
         for (std::int64_t m = 0; m < ldm; m += packet_size) {
+            if (!seen(x, m)) continue;
             packet s = ploadu<packet>(St + x * ld + m);
             if (lanes.any_uniform) s = pselect(ploadu<packet>(lanes.uniform.data() + m), zero, s);
             if (masked) s = pselect(lane_members(lanes, m, t, kpos, kid), s, neg_inf);
@@ -415,6 +447,10 @@ inline void softmax_block(const float* St, float* Pt, std::int64_t n, std::int64
     }
     for (std::int64_t x = 0; x < n; ++x)
         for (std::int64_t m = 0; m < ldm; m += packet_size) {
+            if (!seen(x, m)) {
+                pstoreu(Pt + x * ld + m, zero);
+                continue;
+            }
             const packet s = ploadu<packet>(Pt + x * ld + m);
             const packet p = pselect(pcmp_eq(s, neg_inf), zero, pexp(psub(s, ploadu<packet>(block_max + m))));
             pstoreu(Pt + x * ld + m, p);
@@ -916,6 +952,11 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
             decode_tile(k, v, fp, tile, lo, hi, Bk, D, Dp, M, row_plans, w);
         } else {
             w.block_max.resize(static_cast<std::size_t>(ldm));
+            w.lane_keys.resize(static_cast<std::size_t>(ldm / packet_size));
+            w.lane_end.assign(static_cast<std::size_t>(ldm), 0);  // padding lanes see nothing
+            for (std::int64_t m = 0; m < M; ++m)
+                for (const key_group& g : plan_of(m).group)
+                    for (int r = 0; r < g.ranges; ++r) w.lane_end[m] = std::max(w.lane_end[m], g.range[r].hi + 1);
             w.kv.bind(b, hk, seq.length, Bk, Dp);
             w.st.resize(static_cast<std::size_t>(Bk * lds));
             for (auto& pt : w.pt) pt.resize(static_cast<std::size_t>(Bk * lds));
@@ -929,18 +970,30 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
             const bool* masked = use.masked;
             const bool need_scores = use.need_scores;
 
+            // On a block that cuts through the tile's rows (the diagonal of a causal tile), each packet of
+            // lanes works only on the keys up to the last one any of its lanes sees.
+            const std::int64_t* lane_keys = nullptr;
+            if (masked[0] || masked[1]) {
+                for (std::int64_t j = 0; j < ldm / packet_size; ++j) {
+                    std::int32_t end = 0;
+                    for (std::int64_t m = j * packet_size; m < (j + 1) * packet_size; ++m)
+                        end = std::max(end, w.lane_end[m]);
+                    w.lane_keys[j] = std::clamp<std::int64_t>(end - k0, 0, n);
+                }
+                lane_keys = w.lane_keys.data();
+            }
             std::int64_t ks = 0, vs = 0;
             const float* kb = need_scores ? head_block_rows(k, 0, k0, n, D, Dp, w.kv, &ks) : nullptr;
             const float* vb = head_block_rows(v, 1, k0, n, D, Dp, w.kv, &vs);
             if (need_scores)
-                scores_transposed(kb, ks, n, D, w.qt.data(), ldm, w.st.data(), lds);
+                scores_transposed(kb, ks, n, D, w.qt.data(), ldm, w.st.data(), lds, lane_keys);
             else
                 std::fill(w.st.begin(), w.st.begin() + n * lds, 0.0f);
             for (int g = 0; g < 2; ++g) {
                 if (!used[g]) continue;
                 softmax_block(w.st.data(), w.pt[g].data(), n, ldm, lds, masked[g], w.lanes[g], seq, k0, w.mx[g].data(),
-                              w.sum[g].data(), w.block_max.data(), w.acc[g].data(), Dp);
-                accumulate_values(w.pt[g].data(), lds, n, vb, vs, Dp, w.acc[g].data(), M);
+                              w.sum[g].data(), w.block_max.data(), w.acc[g].data(), Dp, lane_keys);
+                accumulate_values(w.pt[g].data(), lds, n, vb, vs, Dp, w.acc[g].data(), M, lane_keys);
             }
         }
 
