@@ -359,5 +359,32 @@ TEST(FusedScale, ZeroMeansInverseSqrtD) {
     EXPECT_FALSE(all_close(a, b, 1e-3));
 }
 
+// The softmax's exponential against std::exp (double): within 2 ulp-sized relative error over the
+// range it is used on, exactly 0 below -87 and at -inf, and the same value in every SIMD lane.
+TEST(FusedExp, MatchesStdExpAndFlushesBelowMinus87) {
+    namespace cd = mmca::cpu::detail;
+    using namespace Eigen::internal;
+    constexpr int lanes = cd::packet_size;
+    std::vector<float> xs;
+    for (float x = -87.0f; x <= 88.0f; x += 0.01171875f) xs.push_back(x);  // exact steps of 3/256
+    for (float x : {0.0f, -0.0f, -1e-30f, -0.34657359f, 0.34657359f, -86.99f, -87.0f, 88.0f}) xs.push_back(x);
+    double worst = 0.0;
+    for (float x : xs) {
+        float in[lanes], out[lanes];
+        for (int i = 0; i < lanes; ++i) in[i] = x;
+        pstoreu(out, cd::exp_or_zero(ploadu<cd::packet>(in)));
+        const double want = std::exp(static_cast<double>(x));
+        for (int i = 0; i < lanes; ++i) ASSERT_EQ(out[i], out[0]) << "x = " << x;
+        worst = std::max(worst, std::abs(out[0] - want) / want);
+    }
+    EXPECT_LT(worst, 2.5e-7);  // 2 float ulps at most
+    for (float x : {-87.01f, -100.0f, -1e30f, -std::numeric_limits<float>::infinity()}) {
+        float in[lanes], out[lanes];
+        for (int i = 0; i < lanes; ++i) in[i] = x;
+        pstoreu(out, cd::exp_or_zero(ploadu<cd::packet>(in)));
+        for (int i = 0; i < lanes; ++i) EXPECT_EQ(out[i], 0.0f) << "x = " << x;
+    }
+}
+
 }  // namespace
 }  // namespace mmca_test

@@ -120,7 +120,7 @@ inline void group_probabilities(const float* St, float* Pt, float* psum, std::in
         for (std::int64_t m = 0; m < ldm; m += packet_size) {
             packet s = ploadu<packet>(St + x * ld + m);
             if (lanes.any_uniform) s = pselect(ploadu<packet>(lanes.uniform.data() + m), zero, s);
-            packet pr = pmul(pexp(psub(s, ploadu<packet>(mx + m))), ploadu<packet>(inv_sum + m));
+            packet pr = pmul(exp_or_zero(psub(s, ploadu<packet>(mx + m))), ploadu<packet>(inv_sum + m));
             if (masked) pr = pselect(lane_members(lanes, m, t, kpos, kid), pr, zero);
             pstoreu(Pt + x * ld + m, pr);
             if (psum) pstoreu(psum + x * ld + m, padd(ploadu<packet>(psum + x * ld + m), pr));

@@ -63,15 +63,49 @@ inline std::int64_t spread_stride(std::int64_t n) {
     return n % line == 0 && (n / line) % 2 == 0 ? n + line : n;
 }
 
+/// e^x lane by lane for the shifted scores of a softmax (x <= 0 there), 0 for x below -87 (and
+/// -inf). Same reduction and polynomial as Eigen's pexp (Cephes), so results agree with it bit for
+/// bit on [-87, 88], but 2^n is written straight into the exponent field instead of through
+/// pldexp's general scaling: the softmax takes half as many instructions per weight. Lanes whose
+/// e^x would be under 2^-125 (nothing a sum that holds e^0 = 1 can notice) are flushed to zero.
+template <class Packet = packet>
+inline Packet exp_or_zero(const Packet& x) {
+    using namespace Eigen::internal;
+    if constexpr (unpacket_traits<Packet>::size == 1) {
+        return x < -87.0f ? 0.0f : std::exp(std::min(x, 88.0f));
+    } else {
+        using packet = Packet;
+        using int_packet = typename unpacket_traits<packet>::integer_packet;
+        const packet lo = pset1<packet>(-87.0f);
+        const packet c = pmin(pmax(x, lo), pset1<packet>(88.0f));
+        const packet n = pfloor(pmadd(c, pset1<packet>(1.44269504088896341f), pset1<packet>(0.5f)));
+        packet r = pmadd(n, pset1<packet>(-0.693359375f), c);
+        r = pmadd(n, pset1<packet>(2.12194440e-4f), r);
+        const packet r2 = pmul(r, r), r3 = pmul(r2, r);
+        packet y = pmadd(pset1<packet>(1.9875691500e-4f), r, pset1<packet>(1.3981999507e-3f));
+        packet y1 = pmadd(pset1<packet>(4.1665795894e-2f), r, pset1<packet>(1.6666665459e-1f));
+        const packet y2 = padd(r, pset1<packet>(1.0f));
+        y = pmadd(y, r, pset1<packet>(8.3334519073e-3f));
+        y1 = pmadd(y1, r, pset1<packet>(5.0000001201e-1f));
+        y = pmadd(y, r3, y1);
+        y = pmadd(y, r2, y2);
+        // n is in [-125, 127]: 2^n is the float with biased exponent n + 127 and no mantissa.
+        const int_packet e = padd(pcast<packet, int_packet>(n), pset1<int_packet>(127));
+        const packet scale = preinterpret<packet>(plogical_shift_left<23>(e));
+        return pselect(pcmp_lt(x, lo), pset1<packet>(0.0f), pmul(y, scale));
+    }
+}
+
 // Register blocking of the micro-kernels: `register_rows` rows of 2 packets of accumulators, plus two
 // packets of operands and one broadcast, must fit the register file (16 vector registers on
 // AVX2/SSE/NEON: 6 rows; 32 on AVX-512: 8 rows).
 constexpr int register_rows = packet_size >= 16 ? 8 : 6;
 
-/// St[i][m] = Σ_d K[i][d] · Qt[d][m] for NI keys and 2 packets of rows starting at Qt/St column 0.
+/// St[i][m] = Σ_d K[i][d] · Qt[d][m] for NI keys and 2 packets of rows starting at Qt/St column 0;
+/// with lane_max, lane_max[m] = max(lane_max[m], max_i St[i][m]).
 template <int NI>
 inline void scores_tile(const float* K, std::int64_t k_stride, std::int64_t D, const float* Qt, std::int64_t ldq,
-                        float* St, std::int64_t lds) {
+                        float* St, std::int64_t lds, float* lane_max) {
     using namespace Eigen::internal;
     packet acc[NI][2];
     for (int i = 0; i < NI; ++i) acc[i][0] = acc[i][1] = pset1<packet>(0.0f);
@@ -86,6 +120,15 @@ inline void scores_tile(const float* K, std::int64_t k_stride, std::int64_t D, c
     for (int i = 0; i < NI; ++i) {
         pstoreu(St + i * lds, acc[i][0]);
         pstoreu(St + i * lds + packet_size, acc[i][1]);
+    }
+    if (lane_max != nullptr) {
+        packet m0 = ploadu<packet>(lane_max), m1 = ploadu<packet>(lane_max + packet_size);
+        for (int i = 0; i < NI; ++i) {
+            m0 = pmax(m0, acc[i][0]);
+            m1 = pmax(m1, acc[i][1]);
+        }
+        pstoreu(lane_max, m0);
+        pstoreu(lane_max + packet_size, m1);
     }
 }
 
@@ -109,16 +152,20 @@ inline std::int64_t keys_of_lanes(const std::int64_t* lane_keys, std::int64_t n,
 /// St (n × ldm, row stride ld) = K (n × D, row stride k_stride) · Qt (D × ldm, row stride ld); ldm a
 /// multiple of 2 packets, ld >= ldm. With lane_keys (one entry per packet of lanes), the lanes of
 /// packet j only need the first lane_keys[j] keys: a column strip skips the keys none of its lanes
-/// sees, and leaves those scores unwritten.
+/// sees, and leaves those scores unwritten. With lane_max (ldm entries, -inf or a running value),
+/// lane_max[m] also receives the largest score of lane m.
 inline void scores_transposed(const float* K, std::int64_t k_stride, std::int64_t n, std::int64_t D, const float* Qt,
-                              std::int64_t ldm, float* St, std::int64_t ld, const std::int64_t* lane_keys = nullptr) {
+                              std::int64_t ldm, float* St, std::int64_t ld, const std::int64_t* lane_keys = nullptr,
+                              float* lane_max = nullptr) {
     for (std::int64_t m = 0; m < ldm; m += 2 * packet_size) {
         const std::int64_t keys = keys_of_lanes(lane_keys, n, m, 2 * packet_size);
+        float* mx = lane_max == nullptr ? nullptr : lane_max + m;
         std::int64_t i = 0;
         for (; take_full_block(keys - i); i += register_rows)
-            scores_tile<register_rows>(K + i * k_stride, k_stride, D, Qt + m, ld, St + i * ld + m, ld);
-        for (; i + 4 <= keys; i += 4) scores_tile<4>(K + i * k_stride, k_stride, D, Qt + m, ld, St + i * ld + m, ld);
-        for (; i < keys; ++i) scores_tile<1>(K + i * k_stride, k_stride, D, Qt + m, ld, St + i * ld + m, ld);
+            scores_tile<register_rows>(K + i * k_stride, k_stride, D, Qt + m, ld, St + i * ld + m, ld, mx);
+        for (; i + 4 <= keys; i += 4)
+            scores_tile<4>(K + i * k_stride, k_stride, D, Qt + m, ld, St + i * ld + m, ld, mx);
+        for (; i < keys; ++i) scores_tile<1>(K + i * k_stride, k_stride, D, Qt + m, ld, St + i * ld + m, ld, mx);
     }
 }
 
@@ -175,6 +222,7 @@ struct group_lanes {
     aligned_floats image_id[2];      // (ldm) image filter of range r, -1 for none
     aligned_floats uniform;          // (ldm) all-ones bits where the row's group is uniform
     bool any_uniform = false;
+    int ranges = 0;                  // the most ranges of any lane's group
 };
 
 /// The float32 rows of K and V of one (sequence, kv head), at a row stride that spreads over the L1
@@ -205,7 +253,9 @@ struct fused_scratch {
     aligned_floats st;          // (Bk, ldm) scores of one key block, transposed
     aligned_floats pt[2];       // (Bk, ldm) weights per group, transposed
     aligned_floats acc[2];      // (ldm, Dp) accumulators per group
-    aligned_floats mx[2], sum[2], block_max;  // (ldm) running max and sum per group
+    aligned_floats mx[2], sum[2];             // (ldm) running max and sum per group
+    aligned_floats block_max;                 // key metadata of a decode block (3 Bk)
+    aligned_floats scores_max;                // (ldm) largest score per lane of the current block
     aligned_floats kbuf, vbuf;  // (Dp) widened K/V row of a decode tile
     std::vector<std::int32_t> lane_end;   // (ldm) one past the last key position a tile row sees
     std::vector<std::int64_t> lane_keys;  // (ldm / packet_size) keys of the current block a packet of lanes sees
@@ -368,9 +418,11 @@ inline void fill_lanes(group_lanes& lanes, std::int64_t ldm) {
     }
     lanes.uniform.assign(ldm, 0.0f);
     lanes.any_uniform = false;
+    lanes.ranges = 0;
 }
 
 inline void set_lane(group_lanes& lanes, std::int64_t m, const key_group& g) {
+    lanes.ranges = std::max<int>(lanes.ranges, g.ranges);
     for (int r = 0; r < g.ranges; ++r) {
         const key_range& kr = g.range[r];
         lanes.lo[r][m] = static_cast<float>(kr.lo);
@@ -385,58 +437,88 @@ inline void set_lane(group_lanes& lanes, std::int64_t m, const key_group& g) {
     }
 }
 
+/// The group description of the lanes m .. m + packet_size, loaded once for a pass over the keys.
+struct lane_packet {
+    packet lo[2], hi[2], id[2], type_ok[2][3];
+    int ranges = 0;
+
+    lane_packet(const group_lanes& lanes, std::int64_t m) : ranges(lanes.ranges) {
+        using namespace Eigen::internal;
+        for (int r = 0; r < ranges; ++r) {
+            lo[r] = ploadu<packet>(lanes.lo[r].data() + m);
+            hi[r] = ploadu<packet>(lanes.hi[r].data() + m);
+            id[r] = ploadu<packet>(lanes.image_id[r].data() + m);
+            for (int t = 0; t < 3; ++t)
+                type_ok[r][t] = pcmp_lt(pset1<packet>(0.0f), ploadu<packet>(lanes.type_ok[r][t].data() + m));
+        }
+    }
+
+    /// All-ones bits in the lanes whose group contains the key at position kpos (broadcast) of type t
+    /// and image index kid (broadcast).
+    packet members(int t, packet kpos, packet kid) const {
+        using namespace Eigen::internal;
+        const packet zero = pset1<packet>(0.0f);
+        packet member = pcmp_lt(zero, zero);  // all false
+        for (int r = 0; r < ranges; ++r) {
+            packet in = pand(pand(pcmp_le(lo[r], kpos), pcmp_le(kpos, hi[r])), type_ok[r][t]);
+            in = pand(in, por(pcmp_lt(id[r], zero), pcmp_eq(id[r], kid)));
+            member = por(member, in);
+        }
+        return member;
+    }
+};
+
 /// All-ones bits in the lanes m .. m + packet_size whose group contains the key at position kpos
 /// (broadcast) of type t and image index kid (broadcast).
 inline packet lane_members(const group_lanes& lanes, std::int64_t m, int t, packet kpos, packet kid) {
-    using namespace Eigen::internal;
-    const packet zero = pset1<packet>(0.0f);
-    packet member = pcmp_lt(zero, zero);  // all false
-    for (int r = 0; r < 2; ++r) {
-        packet in = pand(pcmp_le(ploadu<packet>(lanes.lo[r].data() + m), kpos),
-                         pcmp_le(kpos, ploadu<packet>(lanes.hi[r].data() + m)));
-        in = pand(in, pcmp_lt(zero, ploadu<packet>(lanes.type_ok[r][t].data() + m)));
-        const packet id = ploadu<packet>(lanes.image_id[r].data() + m);
-        in = pand(in, por(pcmp_lt(id, zero), pcmp_eq(id, kid)));
-        member = por(member, in);
-    }
-    return member;
+    return lane_packet(lanes, m).members(t, kpos, kid);
 }
 
-/// One online-softmax step of a group over a key block, all lanes at once.
+/// One online-softmax step of a group over a key block, one packet of lanes at a time.
 /// St/Pt are (n × ldm) of row stride ld; mx/sum (ldm) are updated; acc rows are rescaled; Pt receives
 /// the weights. With lane_keys (see scores_transposed), the lanes of packet j read only the first
-/// lane_keys[j] scores and take weight 0 for the other keys of the block.
+/// lane_keys[j] scores and take weight 0 for the other keys of the block. scores_max, when given, is
+/// each lane's largest score of the block (from scores_transposed): an unmasked block without
+/// uniform lanes then goes straight from St to the weights.
 inline void softmax_block(const float* St, float* Pt, std::int64_t n, std::int64_t ldm, std::int64_t ld, bool masked,
                           const group_lanes& lanes, const sequence_index& seq, std::int64_t k0, float* mx, float* sum,
-                          float* block_max, float* acc, std::int64_t Dp, const std::int64_t* lane_keys = nullptr) {
+                          float* acc, std::int64_t Dp, const std::int64_t* lane_keys = nullptr,
+                          const float* scores_max = nullptr) {
     using namespace Eigen::internal;
     const packet neg_inf = pset1<packet>(-std::numeric_limits<float>::infinity());
     const packet zero = pset1<packet>(0.0f);
-    auto seen = [&](std::int64_t x, std::int64_t m) { return lane_keys == nullptr || x < lane_keys[m / packet_size]; };
-    for (std::int64_t m = 0; m < ldm; m += packet_size) pstoreu(block_max + m, neg_inf);
-    for (std::int64_t x = 0; x < n; ++x) {
-        const std::int64_t key = k0 + x;
-        const int t = seq.types[key];
-        const packet kpos = pset1<packet>(static_cast<float>(key));
-        const packet kid = pset1<packet>(static_cast<float>(seq.image_ids[key]));
-        for (std::int64_t m = 0; m < ldm; m += packet_size) {
-            if (!seen(x, m)) continue;
-            packet s = ploadu<packet>(St + x * ld + m);
-            if (lanes.any_uniform) s = pselect(ploadu<packet>(lanes.uniform.data() + m), zero, s);
-            if (masked) s = pselect(lane_members(lanes, m, t, kpos, kid), s, neg_inf);
-            pstoreu(Pt + x * ld + m, s);
-            pstoreu(block_max + m, pmax(ploadu<packet>(block_max + m), s));
-        }
-    }
-    // New running max; rows that have seen no key yet keep -inf and use 0 as the shift.
+    const bool direct = scores_max != nullptr && !masked && !lanes.any_uniform;
+    const std::int8_t* types = seq.types + k0;
+    const std::int32_t* image_ids = seq.image_ids + k0;
     for (std::int64_t m = 0; m < ldm; m += packet_size) {
+        const std::int64_t keys = lane_keys == nullptr ? n : lane_keys[m / packet_size];
+        // Where the exponentials read the (masked) scores from, and their block maximum.
+        const float* scores = Pt;
+        packet block_max = neg_inf;
+        if (direct) {
+            scores = St;
+            block_max = ploadu<packet>(scores_max + m);
+        } else if (keys > 0) {
+            const lane_packet group(lanes, m);
+            const packet uniform = ploadu<packet>(lanes.uniform.data() + m);
+            for (std::int64_t x = 0; x < keys; ++x) {
+                packet s = ploadu<packet>(St + x * ld + m);
+                if (lanes.any_uniform) s = pselect(uniform, zero, s);
+                if (masked) {
+                    const packet kpos = pset1<packet>(static_cast<float>(k0 + x));
+                    const packet kid = pset1<packet>(static_cast<float>(image_ids[x]));
+                    s = pselect(group.members(types[x], kpos, kid), s, neg_inf);
+                }
+                pstoreu(Pt + x * ld + m, s);
+                block_max = pmax(block_max, s);
+            }
+        }
+        // New running max; rows that have seen no key yet keep -inf and use 0 as the shift.
         const packet old_max = ploadu<packet>(mx + m);
-        const packet new_max = pmax(old_max, ploadu<packet>(block_max + m));
+        const packet new_max = pmax(old_max, block_max);
         const packet shift = pselect(pcmp_eq(new_max, neg_inf), zero, new_max);
-        pstoreu(block_max + m, shift);                          // block_max now holds the shift
         pstoreu(mx + m, new_max);
-        const packet alpha = pexp(psub(old_max, shift));       // 0 when old_max = -inf
-        pstoreu(sum + m, pmul(ploadu<packet>(sum + m), alpha));
+        const packet alpha = exp_or_zero(psub(old_max, shift));  // 0 when old_max = -inf
         float a[packet_size];
         pstoreu(a, alpha);
         for (int i = 0; i < packet_size; ++i)
@@ -444,18 +526,16 @@ inline void softmax_block(const float* St, float* Pt, std::int64_t n, std::int64
                 float* row = acc + (m + i) * Dp;
                 for (std::int64_t d = 0; d < Dp; ++d) row[d] *= a[i];
             }
-    }
-    for (std::int64_t x = 0; x < n; ++x)
-        for (std::int64_t m = 0; m < ldm; m += packet_size) {
-            if (!seen(x, m)) {
-                pstoreu(Pt + x * ld + m, zero);
-                continue;
-            }
-            const packet s = ploadu<packet>(Pt + x * ld + m);
-            const packet p = pselect(pcmp_eq(s, neg_inf), zero, pexp(psub(s, ploadu<packet>(block_max + m))));
+        packet total = pmul(ploadu<packet>(sum + m), alpha);
+        for (std::int64_t x = 0; x < keys; ++x) {
+            const packet s = ploadu<packet>(scores + x * ld + m);
+            const packet p = exp_or_zero(psub(s, shift));
             pstoreu(Pt + x * ld + m, p);
-            pstoreu(sum + m, padd(ploadu<packet>(sum + m), p));
+            total = padd(total, p);
         }
+        for (std::int64_t x = keys; x < n; ++x) pstoreu(Pt + x * ld + m, zero);
+        pstoreu(sum + m, total);
+    }
 }
 
 /// Float copies of the key metadata of one block, padded to whole packets: position (-1 in the
@@ -717,7 +797,7 @@ inline void decode_softmax(const float* st, float* const* pt, std::int64_t k0, s
             packet total = zero;
             for (std::int64_t x = 0; x < np; x += packet_size) {
                 const packet sx = ploadu<packet>(p + x);
-                const packet e = pselect(pcmp_eq(sx, neg_inf), zero, pexp(psub(sx, sh)));
+                const packet e = exp_or_zero(psub(sx, sh));
                 pstoreu(p + x, e);
                 total = padd(total, e);
             }
@@ -951,7 +1031,7 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
         if (small) {
             decode_tile(k, v, fp, tile, lo, hi, Bk, D, Dp, M, row_plans, w);
         } else {
-            w.block_max.resize(static_cast<std::size_t>(ldm));
+            w.scores_max.resize(static_cast<std::size_t>(ldm));
             w.lane_keys.resize(static_cast<std::size_t>(ldm / packet_size));
             w.lane_end.assign(static_cast<std::size_t>(ldm), 0);  // padding lanes see nothing
             for (std::int64_t m = 0; m < M; ++m)
@@ -973,7 +1053,8 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
             // On a block that cuts through the tile's rows (the diagonal of a causal tile), each packet of
             // lanes works only on the keys up to the last one any of its lanes sees.
             const std::int64_t* lane_keys = nullptr;
-            if (masked[0] || masked[1]) {
+            const bool cut = (used[0] && masked[0]) || (used[1] && masked[1]);
+            if (cut) {
                 for (std::int64_t j = 0; j < ldm / packet_size; ++j) {
                     std::int32_t end = 0;
                     for (std::int64_t m = j * packet_size; m < (j + 1) * packet_size; ++m)
@@ -985,14 +1066,20 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
             std::int64_t ks = 0, vs = 0;
             const float* kb = need_scores ? head_block_rows(k, 0, k0, n, D, Dp, w.kv, &ks) : nullptr;
             const float* vb = head_block_rows(v, 1, k0, n, D, Dp, w.kv, &vs);
+            // On a block that every row sees whole, the score kernel also takes each lane's maximum.
+            float* scores_max = nullptr;
+            if (!cut && need_scores) {
+                std::fill(w.scores_max.begin(), w.scores_max.end(), neg_inf);
+                scores_max = w.scores_max.data();
+            }
             if (need_scores)
-                scores_transposed(kb, ks, n, D, w.qt.data(), ldm, w.st.data(), lds, lane_keys);
+                scores_transposed(kb, ks, n, D, w.qt.data(), ldm, w.st.data(), lds, lane_keys, scores_max);
             else
                 std::fill(w.st.begin(), w.st.begin() + n * lds, 0.0f);
             for (int g = 0; g < 2; ++g) {
                 if (!used[g]) continue;
                 softmax_block(w.st.data(), w.pt[g].data(), n, ldm, lds, masked[g], w.lanes[g], seq, k0, w.mx[g].data(),
-                              w.sum[g].data(), w.block_max.data(), w.acc[g].data(), Dp, lane_keys);
+                              w.sum[g].data(), w.acc[g].data(), Dp, lane_keys, scores_max);
                 accumulate_values(w.pt[g].data(), lds, n, vb, vs, Dp, w.acc[g].data(), M, lane_keys);
             }
         }
