@@ -1,7 +1,7 @@
 // tests/cpp/test_attention_fused.cpp - the fused CPU kernel against the explicit-mask reference
 // (and the reference against the tests' own SPEC oracle) over random shapes and token patterns.
 //
-// Shapes are chosen to hit the kernel's structure: key blocks of 128 (512 when a tile has <= 8 rows:
+// Shapes are chosen to hit the kernel's structure: key blocks of 64 (512 when a tile has <= 8 rows:
 // decode-like calls, one row reading K/V in place, several rows widening each row once; blocks
 // pipelined so that one block's V is summed while the next block's scores are computed), partial
 // last blocks, tiles of 128 / G rows over several
@@ -322,6 +322,37 @@ TEST(FusedViews, StridedQKVAndOutMatchContiguous) {
                     for (std::size_t i = 0; i < L; ++i)
                         for (std::size_t d2 = 0; d2 < D; ++d2) got(b, h, i, d2) = obshd(b, i, h, d2);
             EXPECT_TRUE(all_close(got, expected, 1e-6));
+        }
+    }
+}
+
+// Tile shapes other than the default (rows per tile, keys per block): diagonal blocks cut at other
+// places, key blocks shorter than a packet pair, tiles of a few rows per head.
+TEST(FusedTileSizes, EveryConfigMatchesReference) {
+    const std::vector<fused_case> cases = {
+        {"tiles_L260_D128", 1, 2, 1, 128, 260, 260, {}, {}, {pk::consecutive_images}, true, 0.0f, 1.0f, 51},
+        {"tiles_L150_gqa", 2, 8, 2, 80, 150, 150, {150, 97}, {150, 97}, {pk::interleaved, pk::images_only}, true,
+         0.0f, 1.0f, 52},
+    };
+    const std::vector<mmca::cpu::fused_attention_config> configs = {{128, 128}, {64, 32}, {16, 24}, {40, 200}};
+    for (const fused_case& c : cases) {
+        const problem_data d = make_problem(c);
+        for (const auto& variant : all_variants()) {
+            const auto options = variant.options(0, c.scale);
+            tensor4 ref = filled(d.q.shape(), std::nanf(""));
+            mmca::attention_forward<float>(d.q, d.k, d.v, d.tokens.layout(), options, ref,
+                                           mmca::attention_impl::reference);
+            for (const auto& config : configs) {
+                SCOPED_TRACE(c.name + " " + variant.name() + " rows " + std::to_string(config.tile_rows) + " keys " +
+                             std::to_string(config.key_block));
+                tensor4 got = filled(d.q.shape(), std::nanf(""));
+                const mmca::tensor_ref<const float, 4> q(d.q), k(d.k), v(d.v);
+                const mmca::tensor_ref<float, 4> out(got);
+                const mmca::attention_problem p =
+                    mmca::make_attention_problem("test", q, k, v, d.tokens.layout(), options, out);
+                mmca::cpu::attention_fused_forward<float>(p, q, k, v, out, 1, config);
+                EXPECT_TRUE(all_close(got, ref, 1e-5));
+            }
         }
     }
 }

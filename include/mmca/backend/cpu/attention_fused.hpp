@@ -33,23 +33,43 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <type_traits>
 #include <vector>
 
 namespace mmca {
 namespace cpu {
 
-/// Tile sizes of the fused kernel. The defaults suit AVX-512 cores with 1-2 MB of L2.
+/// Tile sizes of the fused kernel. With D = 128, a tile of 128 rows over 64-key blocks works on
+/// about 0.3-0.4 MB (Qᵀ, the accumulators of both groups, the block's K, V, scores and weights), which
+/// stays in a 512 KiB L2; 128-key blocks (about 0.5 MB) spill from it and were 10-25% slower on
+/// such a core (docs/attention.md).
 struct fused_attention_config {
     std::int32_t tile_rows = 128;  // query rows (times heads per kv head) per tile, at most
-    std::int32_t key_block = 128;  // keys per block (512 for tiles of at most 8 rows)
+    std::int32_t key_block = 64;   // keys per block (512 for tiles of at most 8 rows)
 };
 
 namespace detail {
 
 using packet = float_packet;
 constexpr int packet_size = float_packet_size;
-using aligned_floats = std::vector<float, Eigen::aligned_allocator<float>>;
+/// Allocates on 64-byte cache-line boundaries, so that a micro-kernel's 16-float column strip of a
+/// buffer whose row stride is a whole number of lines is one line per row, not two.
+template <class T>
+struct line_allocator {
+    using value_type = T;
+    static constexpr std::align_val_t alignment{64};
+    line_allocator() = default;
+    template <class U>
+    line_allocator(const line_allocator<U>&) noexcept {}
+    T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), alignment)); }
+    void deallocate(T* p, std::size_t) noexcept { ::operator delete(p, alignment); }
+    template <class U>
+    bool operator==(const line_allocator<U>&) const noexcept { return true; }
+    template <class U>
+    bool operator!=(const line_allocator<U>&) const noexcept { return false; }
+};
+using aligned_floats = std::vector<float, line_allocator<float>>;
 
 inline std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
 
