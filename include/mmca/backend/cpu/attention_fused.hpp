@@ -266,6 +266,44 @@ struct head_rows {
     }
 };
 
+/// Σ V over the keys [0, k) of each token type of one (sequence, kv head), in double, for the groups
+/// that are averaged_by_prefix. A type's sums are made the first time a group needs them:
+/// (length + 1) × D doubles, 2 MiB for 2048 keys at D = 128.
+struct type_prefix_sums {
+    std::int64_t batch = -1, kv_head = -1, length = -1, dim = 0;
+    std::vector<double> sums[3];  // per token type, (length + 1, dim); empty until needed
+    std::vector<float> row;
+
+    void bind(std::int64_t b, std::int64_t h, std::int64_t n, std::int64_t D) {
+        if (b == batch && h == kv_head && n == length && D == dim) return;
+        batch = b;
+        kv_head = h;
+        length = n;
+        dim = D;
+        for (auto& t : sums) t.clear();
+    }
+
+    template <class KV>
+    const double* of_type(const tensor_ref<const KV, 4>& v, const sequence_index& seq, int t) {
+        std::vector<double>& p = sums[t];
+        if (p.empty()) {
+            p.assign(static_cast<std::size_t>((length + 1) * dim), 0.0);
+            row.resize(static_cast<std::size_t>(dim));
+            for (std::int64_t k = 0; k < length; ++k) {
+                const double* prev = p.data() + k * dim;
+                double* next = p.data() + (k + 1) * dim;
+                if (seq.types[k] != t) {
+                    std::copy(prev, prev + dim, next);
+                    continue;
+                }
+                to_float(v.ptr(batch, kv_head, k), row.data(), dim);
+                for (std::int64_t d = 0; d < dim; ++d) next[d] = prev[d] + static_cast<double>(row[d]);
+            }
+        }
+        return p.data();
+    }
+};
+
 /// Scratch of one thread, reused across work items.
 struct fused_scratch {
     aligned_floats qt;          // (D, ldm) scaled query rows of the tile, transposed
@@ -281,6 +319,8 @@ struct fused_scratch {
     std::vector<std::int64_t> lane_keys;  // (ldm / packet_size) keys of the current block a packet of lanes sees
     group_lanes lanes[2];
     head_rows kv;               // K and V of the current (sequence, kv head), packed block by block
+    type_prefix_sums prefix;    // per-type prefix sums of V of the current (sequence, kv head)
+    std::vector<double> vsum;   // (D) Σ V over one averaged group's keys
 };
 
 /// The query rows of a tile: `count` consecutive entries of a sequence's active-row list.
@@ -330,16 +370,31 @@ inline const row_plan& tile_row_plan(const fused_plan& f, const tile_desc& tile,
     return f.plans[tile.batch][f.active[tile.batch][tile.first + r]];
 }
 
-/// The key positions [*lo, *hi] that some row of the tile can see (*lo > *hi when none).
-inline void tile_key_span(const fused_plan& f, const tile_desc& tile, std::int32_t* lo, std::int32_t* hi) {
+/// True for a uniform group whose keys are whole position ranges of some token types (no image
+/// filter): its term is an average of V that the prefill takes from per-type prefix sums of V
+/// (type_prefix_sums) instead of passing over its keys. These are mmca_reference's rows before the
+/// first image (or the first text), whose uniform group reaches to the end of the sequence.
+inline bool averaged_by_prefix(const key_group& g) {
+    if (!g.uniform) return false;
+    for (int r = 0; r < g.ranges; ++r)
+        if (g.range[r].image_id >= 0) return false;
+    return true;
+}
+
+/// The key positions [*lo, *hi] that some row of the tile can see (*lo > *hi when none); with
+/// skip_averaged, groups that are averaged_by_prefix do not count.
+inline void tile_key_span(const fused_plan& f, const tile_desc& tile, std::int32_t* lo, std::int32_t* hi,
+                          bool skip_averaged = false) {
     *lo = f.index[tile.batch].length;
     *hi = -1;
     for (std::int32_t r = 0; r < tile.count; ++r)
-        for (const key_group& g : tile_row_plan(f, tile, r).group)
+        for (const key_group& g : tile_row_plan(f, tile, r).group) {
+            if (skip_averaged && averaged_by_prefix(g)) continue;
             for (int x = 0; x < g.ranges; ++x) {
                 *lo = std::min(*lo, g.range[x].lo);
                 *hi = std::max(*hi, g.range[x].hi);
             }
+        }
 }
 
 /// How the rows of a tile meet the keys [k0, k1): used[g] when some row's group g sees a key of the
@@ -352,13 +407,15 @@ struct block_use {
     bool any() const { return used[0] || used[1]; }
 };
 
-inline block_use classify_block(const fused_plan& f, const tile_desc& tile, std::int32_t k0, std::int32_t k1) {
+inline block_use classify_block(const fused_plan& f, const tile_desc& tile, std::int32_t k0, std::int32_t k1,
+                                bool skip_averaged = false) {
     block_use u;
     const sequence_index& seq = f.index[tile.batch];
     for (std::int32_t r = 0; r < tile.count; ++r) {
         const row_plan& plan = tile_row_plan(f, tile, r);
         for (int g = 0; g < 2; ++g) {
-            const block_cover c = plan.group[g].empty() ? block_cover::none : cover(seq, plan.group[g], k0, k1);
+            const bool skip = plan.group[g].empty() || (skip_averaged && averaged_by_prefix(plan.group[g]));
+            const block_cover c = skip ? block_cover::none : cover(seq, plan.group[g], k0, k1);
             u.masked[g] |= c != block_cover::full;
             if (c != block_cover::none) {
                 u.used[g] = true;
@@ -1037,7 +1094,32 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
             w.sum[g].assign(ldm, 0.0f);
             if (small) continue;
             fill_lanes(w.lanes[g], ldm);
-            for (std::int64_t m = 0; m < M; ++m) set_lane(w.lanes[g], m, plan_of(m).group[g]);
+            for (std::int64_t m = 0; m < M; ++m) {
+                const key_group& grp = plan_of(m).group[g];
+                if (!averaged_by_prefix(grp)) {
+                    set_lane(w.lanes[g], m, grp);
+                    continue;
+                }
+                // The state the block loop would reach (every score 0): max 0, sum = the key count,
+                // acc = Σ V over the keys. The lane stays out of the block loop's group.
+                w.prefix.bind(b, hk, seq.length, D);
+                w.vsum.assign(static_cast<std::size_t>(D), 0.0);
+                std::int64_t count = 0;
+                for (int r = 0; r < grp.ranges; ++r) {
+                    const key_range& kr = grp.range[r];
+                    for (int t = 1; t < 3; ++t) {
+                        if (!((kr.types >> t) & 1u)) continue;
+                        const double* ps = w.prefix.of_type(v, seq, t);
+                        const double* upper = ps + (kr.hi + 1) * D;
+                        const double* lower = ps + kr.lo * D;
+                        for (std::int64_t d = 0; d < D; ++d) w.vsum[d] += upper[d] - lower[d];
+                        count += seq.count[t][kr.hi + 1] - seq.count[t][kr.lo];
+                    }
+                }
+                for (std::int64_t d = 0; d < D; ++d) w.acc[g][m * Dp + d] = static_cast<float>(w.vsum[d]);
+                w.mx[g][m] = 0.0f;
+                w.sum[g][m] = static_cast<float>(count);
+            }
         }
         const row_plan* row_plans[8] = {};
         if (small)
@@ -1045,7 +1127,7 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
 
         // The key range any row of the tile can see.
         std::int32_t lo = 0, hi = -1;
-        tile_key_span(fp, tile, &lo, &hi);
+        tile_key_span(fp, tile, &lo, &hi, !small);
 
         const auto Bk = static_cast<std::int32_t>(small ? round_up(std::max(config.key_block, 512), packet_size) : config.key_block);
         if (small) {
@@ -1056,7 +1138,8 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
             w.lane_end.assign(static_cast<std::size_t>(ldm), 0);  // padding lanes see nothing
             for (std::int64_t m = 0; m < M; ++m)
                 for (const key_group& g : plan_of(m).group)
-                    for (int r = 0; r < g.ranges; ++r) w.lane_end[m] = std::max(w.lane_end[m], g.range[r].hi + 1);
+                    for (int r = 0; r < g.ranges && !averaged_by_prefix(g); ++r)
+                        w.lane_end[m] = std::max(w.lane_end[m], g.range[r].hi + 1);
             w.kv.bind(b, hk, seq.length, Bk, Dp);
             w.st.resize(static_cast<std::size_t>(Bk * lds));
             for (auto& pt : w.pt) pt.resize(static_cast<std::size_t>(Bk * lds));
@@ -1064,7 +1147,7 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
         for (std::int32_t k0 = (lo / Bk) * Bk; k0 <= hi && !small; k0 += Bk) {
             const std::int32_t k1 = std::min(k0 + Bk, seq.length), n = k1 - k0;
             // Classify the block for every row position (heads share the classification).
-            const block_use use = classify_block(fp, tile, k0, k1);
+            const block_use use = classify_block(fp, tile, k0, k1, true);
             if (!use.any()) continue;
             const bool* used = use.used;
             const bool* masked = use.masked;
