@@ -42,8 +42,8 @@ namespace cpu {
 
 /// Tile sizes of the fused kernel. With D = 128, a tile of 128 rows over 64-key blocks works on
 /// about 0.3-0.4 MB (Qᵀ, the accumulators of both groups, the block's K, V, scores and weights), which
-/// stays in a 512 KiB L2; 128-key blocks (about 0.5 MB) spill from it and were 10-25% slower on
-/// such a core (docs/attention.md).
+/// stays in a 512 KiB L2; with 128-key blocks (about 0.5 MB) it spills from it, and a Zen 3 core
+/// ran most layouts slower, by up to about 25% (docs/attention.md).
 struct fused_attention_config {
     std::int32_t tile_rows = 128;  // query rows (times heads per kv head) per tile, at most
     std::int32_t key_block = 64;   // keys per block (512 for tiles of at most 8 rows)
@@ -86,8 +86,8 @@ inline std::int64_t spread_stride(std::int64_t n) {
 /// e^x lane by lane for the shifted scores of a softmax (x <= 0 there), 0 for x below -87 (and
 /// -inf). Same reduction and polynomial as Eigen's pexp (Cephes), so results agree with it bit for
 /// bit on [-87, 88], but 2^n is written straight into the exponent field instead of through
-/// pldexp's general scaling: the softmax takes half as many instructions per weight. Lanes whose
-/// e^x would be under 2^-125 (nothing a sum that holds e^0 = 1 can notice) are flushed to zero.
+/// pldexp's general scaling, about a third fewer instructions. Lanes whose e^x would be under
+/// 2^-125 (nothing a sum that holds e^0 = 1 can notice) are flushed to zero.
 template <class Packet = packet>
 inline Packet exp_or_zero(const Packet& x) {
     using namespace Eigen::internal;
