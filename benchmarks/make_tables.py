@@ -101,7 +101,8 @@ def run_stage(stage, args, bench):
         tmp = args.results + ".torch.json"
         cmd = [sys.executable, os.path.join(REPO, "benchmarks", "torch_attention.py"), "--bench", bench,
                "--seq-lens", ",".join(map(str, args.seq_lens)), "--threads", ",".join(map(str, args.threads)),
-               "--json", tmp, "--repeats", str(args.torch_repeats)]
+               "--json", tmp, "--repeats", str(args.torch_repeats), "--min-time", str(args.torch_min_time),
+               "--bench-repetitions", str(args.repetitions)]
         subprocess.run(cmd, check=True, stdout=sys.stderr)
         with open(tmp) as f:
             data = json.load(f)
@@ -372,8 +373,12 @@ def main():
     ap.add_argument("--seq-lens", type=ta.int_list, default=[512, 1024, 2048, 4096])
     ap.add_argument("--threads", type=ta.int_list, default=[1, 2])
     ap.add_argument("--repetitions", type=int, default=3,
-                    help="bench_attention repetitions (median) for the short peak and decode cases (default 3)")
+                    help="bench_attention repetitions (median) for the peak and decode cases and for the mmca "
+                         "side of the torch comparison (default 3)")
     ap.add_argument("--torch-repeats", type=int, default=3, help="torch calls per case (median; default 3)")
+    ap.add_argument("--torch-min-time", type=float, default=12.0,
+                    help="seconds of torch calls per case before it stops repeating (default 12: at S = 2048 "
+                         "a warm-up and 3 timed calls; a case whose first call alone takes longer is timed once)")
     ap.add_argument("--no-build", action="store_true",
                     help="time the bench_attention binary as it is (default: rebuild it first)")
     ap.add_argument("--write", default=None, help="markdown file whose table section is replaced")
