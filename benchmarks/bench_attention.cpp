@@ -7,6 +7,8 @@
 //   kv_read/<dtype>/Lk:4096/threads:<t>                    one streaming pass over buffers the size of
 //                                                          that cache's K and V (the floor of a decode step)
 //   fma_peak/threads:<t>                                   register-only FMA loop: the core's fp32 peak
+//   backward/<variant>/<layout>/S:<S>/threads:<t>          one fused attention_backward call (dq, dk, dv
+//                                                          from the forward's stats), B1 H32 D128, S <= 2048
 //
 // Layouts (token types of the S positions, periodic, starting with an image):
 //   text    every token is text
@@ -18,10 +20,12 @@
 // Counters: GFLOPS counts useful work only: 4·D flops (one multiply-add for Q·Kᵀ, one for P·V) per
 // (row, key) pair that has non-zero weight in the variant, summed over heads. The pair count comes
 // from mmca::build_explicit_masks on the benchmarked token pattern, once per benchmark, outside
-// the timed loop. Decode and kv_read report bytes_per_second over the K and V bytes of the cache.
+// the timed loop. The backward counts 10·D flops per such pair (the five products S, dP, dV, dK,
+// dQ; the usual 2.5 times the forward), whatever it recomputes. Decode and kv_read report bytes_per_second over the K and V bytes of the cache.
 // Each decode step is paired with an untimed streaming pass over its cache's K and V bytes:
 // counters read_seconds (mean time of that pass) and vs_read (decode time / read time, summed
 // over the iterations), a ratio that machine-wide memory traffic moves much less than either time.
+#include <mmca/attention/attention_backward.hpp>
 #include <mmca/mmca.hpp>
 
 #include <benchmark/benchmark.h>
@@ -148,8 +152,9 @@ std::int64_t prefill_pairs(mmca::attention_variant variant, layout_kind layout, 
     return it->second;
 }
 
-void set_flop_counters(benchmark::State& state, std::int64_t pairs) {
-    const double gflop = 4.0 * static_cast<double>(kHeadDim) * static_cast<double>(kHeads) *
+/// flops_per_dim: flops per (row, key) pair and per head dimension (4 for a forward, 10 for a backward).
+void set_flop_counters(benchmark::State& state, std::int64_t pairs, double flops_per_dim = 4.0) {
+    const double gflop = flops_per_dim * static_cast<double>(kHeadDim) * static_cast<double>(kHeads) *
                          static_cast<double>(pairs) * 1e-9;
     state.counters["GFLOPS"] = benchmark::Counter(gflop, benchmark::Counter::kIsIterationInvariantRate);
     state.counters["useful_GFLOP"] = gflop;
@@ -198,6 +203,34 @@ void bm_prefill(benchmark::State& state, mmca::attention_variant variant, mmca::
     for (auto _ : state) {
         mmca::attention_forward<float>(q, k, v, tokens, options, out, impl);
         benchmark::DoNotOptimize(in.out.data());
+        benchmark::ClobberMemory();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// backward: dq, dk, dv of one fused call, from the stats of a forward made outside the timed loop
+
+void bm_backward(benchmark::State& state, mmca::attention_variant variant, layout_kind layout, std::int64_t S,
+                 int threads) {
+    prefill_inputs& in = inputs_for(S);
+    const std::vector<std::int8_t> types = make_types(layout, S);
+    mmca::token_layout tokens;
+    tokens.types = mmca::tensor_ref<const std::int8_t, 2>(types.data(), {1, S});
+    const mmca::attention_options options = options_for(variant, threads);
+    const mmca::tensor_ref<const float, 4> q(in.q), k(in.k), v(in.v);
+    const mmca::attention_problem p =
+        mmca::make_attention_problem("bench", q, k, v, tokens, options, mmca::tensor_ref<float, 4>(in.out));
+    set_flop_counters(state, prefill_pairs(variant, layout, S, p), 10.0);
+
+    const mmca::attention_forward_result fwd = mmca::attention_with_stats(q, k, v, tokens, options);
+    const mmca::tensor<float, 4> dout = random_tensor(kHeads, S, 5);
+    mmca::tensor<float, 4> dq = random_tensor(kHeads, S, 6), dk = random_tensor(kHeads, S, 7),
+                           dv = random_tensor(kHeads, S, 8);
+    for (auto _ : state) {
+        mmca::attention_backward(q, k, v, mmca::tensor_ref<const float, 4>(dout), tokens, options, fwd.stats(),
+                                 mmca::tensor_ref<float, 4>(dq), mmca::tensor_ref<float, 4>(dk),
+                                 mmca::tensor_ref<float, 4>(dv));
+        benchmark::DoNotOptimize(dq.data());
         benchmark::ClobberMemory();
     }
 }
@@ -411,6 +444,20 @@ void register_all() {
                             ->MinTime(reference ? 0.01 : 0.5)  // one iteration of the reference is seconds
                             ->Unit(benchmark::kMillisecond);
                     }
+
+    for (attention_variant variant : variants)
+        for (layout_kind layout : layouts)
+            for (std::int64_t S : lengths)
+                for (int threads : thread_counts) {
+                    if (S > 2048) continue;
+                    const std::string name = std::string("backward/") + mmca::to_string(variant) + "/" +
+                                             layout_name(layout) + "/S:" + std::to_string(S) +
+                                             "/threads:" + std::to_string(threads);
+                    benchmark::RegisterBenchmark(name.c_str(), bm_backward, variant, layout, S, threads)
+                        ->UseRealTime()
+                        ->MinTime(0.5)
+                        ->Unit(benchmark::kMillisecond);
+                }
 
     auto register_decode = [&](auto tag, mmca::dtype t) {
         using T = decltype(tag);

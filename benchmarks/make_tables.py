@@ -7,6 +7,7 @@ of each stage are kept in --results and merged, so the doc can be regenerated fr
   prefill    fused kernel, every variant and layout, S 512..4096, 1 and 2 threads
   reference  the double-precision oracle next to the fused kernel, S 512 and 1024 only
   decode     Lq = 1 over a 4096-token kv_cache (f32, f16, bf16) and kv_read, the time to read its K and V
+  backward   fused attention_backward (dq, dk, dv from the forward's stats), every variant and layout, S <= 2048
   torch      benchmarks/torch_attention.py on the same S and threads (torch 1.13 SDPA and two-softmax MMCA)
 
   /usr/bin/python3 benchmarks/make_tables.py --stages all --write docs/benchmarks.md
@@ -31,7 +32,7 @@ VARIANTS = ("causal", "mmca", "mmca_reference", "causal_cross")
 LAYOUTS = ("text", "chat", "image")
 LAYOUT_TEXT = {"text": "text only", "chat": "chat (256 img + 192 txt)", "image": "image-heavy (256 img + 64 txt)"}
 DTYPES = ("f32", "f16", "bf16")
-STAGES = ("peak", "prefill", "reference", "decode", "torch")
+STAGES = ("peak", "prefill", "reference", "decode", "backward", "torch")
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
 
 # Targets of the performance issue (1 thread, S = 2048, B1 H32 D128).
@@ -58,6 +59,9 @@ def stage_filter(stage, seq_lens, threads):
         return "^prefill/%s/(fused|reference)/%s/S:%s/threads:%s/" % (alt(VARIANTS), alt(LAYOUTS), alt(small), t)
     if stage == "decode":
         return "^(decode/[^/]+|kv_read)/%s/.*threads:%s/" % (alt(DTYPES), t)
+    if stage == "backward":
+        return "^backward/%s/%s/S:%s/threads:%s/" % (alt(VARIANTS), alt(LAYOUTS),
+                                                    alt([s for s in seq_lens if s <= 2048]), t)
     raise ValueError(stage)
 
 
@@ -166,6 +170,33 @@ def prefill_tables(results, out):
                 for s in seq_lens:
                     e = by.get((v, l, s, threads))
                     cells.append("-" if e is None else "%s / %.0f" % (ms(e["seconds"]), e["GFLOPS"]))
+                out.append("| %s | %s | %s |" % (v, LAYOUT_TEXT[l], " | ".join(cells)))
+
+
+def backward_tables(results, out):
+    st = results["backward"]
+    by = index(st["entries"], "variant", "layout", "S", "threads")
+    fwd = index(results["prefill"]["entries"], "variant", "layout", "S", "threads") if "prefill" in results else {}
+    seq_lens = sorted({e["S"] for e in st["entries"]})
+    for threads in sorted({e["threads"] for e in st["entries"]}):
+        out.append("\n**Fused backward, %d thread%s** — time in ms / GFLOP/s counted as 10·D flops per attended "
+                   "(row, key) pair (2.5× the forward's count) / in brackets, the time over the fused forward's at "
+                   "the same shape from the prefill stage (%s)\n" % (
+                       threads, "" if threads == 1 else "s", load_note(st)))
+        out.append("| variant | layout | " + " | ".join("S=%d" % s for s in seq_lens) + " |")
+        out.append("|---|---|" + "---|" * len(seq_lens))
+        for v in VARIANTS:
+            for l in LAYOUTS:
+                cells = []
+                for s in seq_lens:
+                    e, f = by.get((v, l, s, threads)), fwd.get((v, l, s, threads))
+                    if e is None:
+                        cells.append("-")
+                        continue
+                    cell = "%s / %.0f" % (ms(e["seconds"]), e["GFLOPS"])
+                    if f is not None:
+                        cell += " (%.1f×)" % (e["seconds"] / f["seconds"])
+                    cells.append(cell)
                 out.append("| %s | %s | %s |" % (v, LAYOUT_TEXT[l], " | ".join(cells)))
 
 
@@ -349,6 +380,8 @@ def render(results, clock="real"):
         reference_tables(results, out)
     if "decode" in results:
         decode_tables(results, out)
+    if "backward" in results:
+        backward_tables(results, out)
     out += ["", END]
     return "\n".join(out)
 

@@ -235,11 +235,13 @@ def find_bench(path):
 
 
 def parse_bench_name(name):
-    """prefill/<variant>/<impl>/<layout>/S:<S>/threads:<t>[/...] -> dict of fields."""
+    """prefill/<variant>/<impl>/<layout>/S:<S>/threads:<t>[/...] (and the other families) -> dict of fields."""
     parts = name.split("/")
     fields = {"family": parts[0]}
     if parts[0] == "prefill":
         fields.update(variant=parts[1], impl=parts[2], layout=parts[3])
+    elif parts[0] == "backward":
+        fields.update(variant=parts[1], layout=parts[2])
     elif parts[0] == "decode":
         fields.update(variant=parts[1], dtype=parts[2], layout=parts[3])
     elif parts[0] == "kv_read":

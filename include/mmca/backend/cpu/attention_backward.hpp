@@ -94,6 +94,8 @@ struct backward_tile {
     aligned_floats mx[2], inv_sum[2];     // (ldm) row max and 1 / row sum per group (0 when empty)
     aligned_floats delta[2];              // (ldm) dO · O_g per group
     group_lanes lanes[2];
+    std::vector<std::int32_t> score_end;  // (ldm) one past the last key of a lane's softmax (not uniform)
+                                          // groups: the keys that send gradient to its q (0 for none)
 };
 
 /// Scratch of one thread of the backward, reused across work items.
@@ -102,14 +104,17 @@ struct backward_scratch {
     aligned_floats kbuf, vbuf;              // (Bk, spread_stride(Dp)) K/V block of the dK/dV pass
     head_rows kv;                           // K/V of the current kv head in the dQ pass
     aligned_floats acc_a, acc_b;            // dQ (M, Dp), or dK and dV (Bk, Dp)
+    std::vector<std::int64_t> lane_keys;    // (ldm / packet_size) keys of a cut block a packet of lanes needs
 };
 
 /// Pt = P_g of the block (keys × lanes) from the row statistics, 0 on lanes whose group does not
 /// contain the key; uniform lanes take S = 0. Adds Pt into psum when psum is not null. St, Pt and
-/// psum are (n × ldm) of row stride ld.
+/// psum are (n × ldm) of row stride ld. With lane_keys (as for scores_transposed), the lanes of
+/// packet j cover only the first lane_keys[j] keys; Pt is left unwritten past them.
 inline void group_probabilities(const float* St, float* Pt, float* psum, std::int64_t n, std::int64_t ldm,
                                 std::int64_t ld, bool masked, const group_lanes& lanes, const sequence_index& seq,
-                                std::int64_t k0, const float* mx, const float* inv_sum) {
+                                std::int64_t k0, const float* mx, const float* inv_sum,
+                                const std::int64_t* lane_keys = nullptr) {
     using namespace Eigen::internal;
     const packet zero = pset1<packet>(0.0f);
     for (std::int64_t x = 0; x < n; ++x) {
@@ -118,6 +123,7 @@ inline void group_probabilities(const float* St, float* Pt, float* psum, std::in
         const packet kpos = pset1<packet>(static_cast<float>(key));
         const packet kid = pset1<packet>(static_cast<float>(seq.image_ids[key]));
         for (std::int64_t m = 0; m < ldm; m += packet_size) {
+            if (lane_keys != nullptr && x >= lane_keys[m / packet_size]) continue;
             packet s = ploadu<packet>(St + x * ld + m);
             if (lanes.any_uniform) s = pselect(ploadu<packet>(lanes.uniform.data() + m), zero, s);
             packet pr = pmul(exp_or_zero(psub(s, ploadu<packet>(mx + m))), ploadu<packet>(inv_sum + m));
@@ -128,13 +134,16 @@ inline void group_probabilities(const float* St, float* Pt, float* psum, std::in
     }
 }
 
-/// dSt += Pt ⊙ (dPt − δ) on the lanes whose group is not uniform (all n × ldm, row stride ld).
+/// dSt += Pt ⊙ (dPt − δ) on the lanes whose group is not uniform (all n × ldm, row stride ld). With
+/// lane_keys, the lanes of packet j take only the first lane_keys[j] keys.
 inline void accumulate_score_gradient(const float* Pt, const float* dPt, float* dSt, std::int64_t n, std::int64_t ldm,
-                                      std::int64_t ld, const group_lanes& lanes, const float* delta) {
+                                      std::int64_t ld, const group_lanes& lanes, const float* delta,
+                                      const std::int64_t* lane_keys = nullptr) {
     using namespace Eigen::internal;
     const packet zero = pset1<packet>(0.0f);
     for (std::int64_t x = 0; x < n; ++x)
         for (std::int64_t m = 0; m < ldm; m += packet_size) {
+            if (lane_keys != nullptr && x >= lane_keys[m / packet_size]) continue;
             packet ds = pmul(ploadu<packet>(Pt + x * ld + m),
                              psub(ploadu<packet>(dPt + x * ld + m), ploadu<packet>(delta + m)));
             if (lanes.any_uniform) ds = pselect(ploadu<packet>(lanes.uniform.data() + m), zero, ds);
@@ -219,6 +228,7 @@ inline void attention_fused_backward(const attention_problem& p, tensor_ref<cons
             w.delta[g].assign(w.ldm, 0.0f);
             fill_lanes(w.lanes[g], w.ldm);
         }
+        w.score_end.assign(static_cast<std::size_t>(w.ldm), 0);
         for (std::int64_t m = 0; m < w.M; ++m) {
             const std::int64_t h = hk * G + m / R, i = active[b][tile.first + m % R];
             const row_plan& plan = plans[b][i];
@@ -233,6 +243,9 @@ inline void attention_fused_backward(const attention_problem& p, tensor_ref<cons
             for (int g = 0; g < 2; ++g) {
                 set_lane(w.lanes[g], m, plan.group[g]);
                 if (plan.group[g].empty()) continue;
+                if (!plan.group[g].uniform)
+                    for (int r = 0; r < plan.group[g].ranges; ++r)
+                        w.score_end[m] = std::max(w.score_end[m], plan.group[g].range[r].hi + 1);
                 w.mx[g][m] = stats.row_max(b, h, i, g);
                 w.inv_sum[g][m] = 1.0f / stats.row_sum(b, h, i, g);
                 const float* og = stats.group_out.ptr(b, h, i, g);
@@ -261,20 +274,33 @@ inline void attention_fused_backward(const attention_problem& p, tensor_ref<cons
             const std::int32_t k1 = std::min(k0 + Bk, seq.length), n = k1 - k0;
             const block_use use = classify_block(fp, tile, k0, k1);
             if (!use.need_scores) continue;  // only softmax groups send gradient to Q
+            // On a block that cuts through the tile (the causal diagonal, the edges of an image), each
+            // packet of lanes works only up to the last key its softmax groups see, as in the forward.
+            const std::int64_t* lane_keys = nullptr;
+            if ((use.used[0] && use.masked[0]) || (use.used[1] && use.masked[1])) {
+                w.lane_keys.resize(static_cast<std::size_t>(ldm / packet_size));
+                for (std::int64_t j = 0; j < ldm / packet_size; ++j) {
+                    std::int32_t end = 0;
+                    for (std::int64_t m = j * packet_size; m < (j + 1) * packet_size; ++m)
+                        end = std::max(end, pk.score_end[m]);
+                    w.lane_keys[j] = std::clamp<std::int64_t>(end - k0, 0, n);
+                }
+                lane_keys = w.lane_keys.data();
+            }
             std::int64_t ks = 0, vs = 0;
             const float* kb = head_block_rows(k, 0, k0, n, D, Dp, w.kv, &ks);
             const float* vb = head_block_rows(v, 1, k0, n, D, Dp, w.kv, &vs);
-            scores_transposed(kb, ks, n, D, pk.qt.data(), ldm, w.st.data(), ld);
-            scores_transposed(vb, vs, n, D, pk.dot.data(), ldm, w.dpt.data(), ld);
-            std::fill(w.dst.begin(), w.dst.begin() + n * ld, 0.0f);
+            scores_transposed(kb, ks, n, D, pk.qt.data(), ldm, w.st.data(), ld, lane_keys);
+            scores_transposed(vb, vs, n, D, pk.dot.data(), ldm, w.dpt.data(), ld, lane_keys);
+            std::fill(w.dst.begin(), w.dst.begin() + n * ld, 0.0f);  // zeros past lane_keys, as accumulate_values needs
             for (int g = 0; g < 2; ++g) {
                 if (!use.used[g]) continue;
                 group_probabilities(w.st.data(), w.pt.data(), nullptr, n, ldm, ld, use.masked[g], pk.lanes[g], seq,
-                                    k0, pk.mx[g].data(), pk.inv_sum[g].data());
+                                    k0, pk.mx[g].data(), pk.inv_sum[g].data(), lane_keys);
                 accumulate_score_gradient(w.pt.data(), w.dpt.data(), w.dst.data(), n, ldm, ld, pk.lanes[g],
-                                          pk.delta[g].data());
+                                          pk.delta[g].data(), lane_keys);
             }
-            accumulate_values(w.dst.data(), ld, n, kb, ks, Dp, w.acc_a.data(), pk.M);
+            accumulate_values(w.dst.data(), ld, n, kb, ks, Dp, w.acc_a.data(), pk.M, lane_keys);
         }
         for (std::int64_t m = 0; m < pk.M; ++m) {
             float* o = dq.ptr(b, hk * G + m / R, active[b][tile.first + m % R]);
