@@ -100,55 +100,52 @@ struct backward_tile {
 
 /// Scratch of one thread of the backward, reused across work items.
 struct backward_scratch {
-    aligned_floats st, dpt, pt, psum, dst;  // (Bk, ld) scores, dP, P_g, Σ_g P_g, dS (all transposed)
+    aligned_floats st, dpt, psum, dst;      // (Bk, ld) scores, dP, Σ_g P_g, dS (all transposed)
     aligned_floats kbuf, vbuf;              // (Bk, spread_stride(Dp)) K/V block of the dK/dV pass
     head_rows kv;                           // K/V of the current kv head in the dQ pass
     aligned_floats acc_a, acc_b;            // dQ (M, Dp), or dK and dV (Bk, Dp)
     std::vector<std::int64_t> lane_keys;    // (ldm / packet_size) keys of a cut block a packet of lanes needs
 };
 
-/// Pt = P_g of the block (keys × lanes) from the row statistics, 0 on lanes whose group does not
-/// contain the key; uniform lanes take S = 0. Adds Pt into psum when psum is not null. St, Pt and
-/// psum are (n × ldm) of row stride ld. With lane_keys (as for scores_transposed), the lanes of
-/// packet j cover only the first lane_keys[j] keys; Pt is left unwritten past them.
-inline void group_probabilities(const float* St, float* Pt, float* psum, std::int64_t n, std::int64_t ldm,
-                                std::int64_t ld, bool masked, const group_lanes& lanes, const sequence_index& seq,
-                                std::int64_t k0, const float* mx, const float* inv_sum,
-                                const std::int64_t* lane_keys = nullptr) {
+/// The probabilities P_g of a block (keys × lanes) from the row statistics, 0 on lanes whose group
+/// does not contain the key (uniform lanes take S = 0), and what the backward needs of them: added
+/// into psum (Σ_g P_g, for dV) when psum is not null, and dS_g = P_g ⊙ (dP − δ_g) added into dSt on
+/// the lanes whose group is not uniform when dSt is not null (dPt is then read). St, dPt, psum and
+/// dSt are (n × ldm) of row stride ld. With lane_keys (as for scores_transposed), the lanes of
+/// packet j cover only the first lane_keys[j] keys and nothing is written past them.
+inline void accumulate_group_terms(const float* St, const float* dPt, float* psum, float* dSt, std::int64_t n,
+                                   std::int64_t ldm, std::int64_t ld, bool masked, const group_lanes& lanes,
+                                   const sequence_index& seq, std::int64_t k0, const float* mx, const float* inv_sum,
+                                   const float* delta, const std::int64_t* lane_keys = nullptr) {
     using namespace Eigen::internal;
     const packet zero = pset1<packet>(0.0f);
-    for (std::int64_t x = 0; x < n; ++x) {
-        const std::int64_t key = k0 + x;
-        const int t = seq.types[key];
-        const packet kpos = pset1<packet>(static_cast<float>(key));
-        const packet kid = pset1<packet>(static_cast<float>(seq.image_ids[key]));
-        for (std::int64_t m = 0; m < ldm; m += packet_size) {
-            if (lane_keys != nullptr && x >= lane_keys[m / packet_size]) continue;
-            packet s = ploadu<packet>(St + x * ld + m);
-            if (lanes.any_uniform) s = pselect(ploadu<packet>(lanes.uniform.data() + m), zero, s);
-            packet pr = pmul(exp_or_zero(psub(s, ploadu<packet>(mx + m))), ploadu<packet>(inv_sum + m));
-            if (masked) pr = pselect(lane_members(lanes, m, t, kpos, kid), pr, zero);
-            pstoreu(Pt + x * ld + m, pr);
-            if (psum) pstoreu(psum + x * ld + m, padd(ploadu<packet>(psum + x * ld + m), pr));
+    const std::int8_t* types = seq.types + k0;
+    const std::int32_t* image_ids = seq.image_ids + k0;
+    // One packet of lanes at a time: its group tests and row values are loaded once.
+    for (std::int64_t m = 0; m < ldm; m += packet_size) {
+        const std::int64_t keys = lane_keys == nullptr ? n : lane_keys[m / packet_size];
+        if (keys <= 0) continue;
+        const lane_packet group(lanes, m);
+        const packet shift = ploadu<packet>(mx + m), scale = ploadu<packet>(inv_sum + m);
+        const packet d = ploadu<packet>(delta + m), uniform = ploadu<packet>(lanes.uniform.data() + m);
+        for (std::int64_t x = 0; x < keys; ++x) {
+            const std::int64_t at = x * ld + m;
+            packet s = ploadu<packet>(St + at);
+            if (lanes.any_uniform) s = pselect(uniform, zero, s);
+            packet pr = pmul(exp_or_zero(psub(s, shift)), scale);
+            if (masked) {
+                const packet kpos = pset1<packet>(static_cast<float>(k0 + x));
+                const packet kid = pset1<packet>(static_cast<float>(image_ids[x]));
+                pr = pselect(group.members(types[x], kpos, kid), pr, zero);
+            }
+            if (psum) pstoreu(psum + at, padd(ploadu<packet>(psum + at), pr));
+            if (dSt) {
+                packet ds = pmul(pr, psub(ploadu<packet>(dPt + at), d));
+                if (lanes.any_uniform) ds = pselect(uniform, zero, ds);
+                pstoreu(dSt + at, padd(ploadu<packet>(dSt + at), ds));
+            }
         }
     }
-}
-
-/// dSt += Pt ⊙ (dPt − δ) on the lanes whose group is not uniform (all n × ldm, row stride ld). With
-/// lane_keys, the lanes of packet j take only the first lane_keys[j] keys.
-inline void accumulate_score_gradient(const float* Pt, const float* dPt, float* dSt, std::int64_t n, std::int64_t ldm,
-                                      std::int64_t ld, const group_lanes& lanes, const float* delta,
-                                      const std::int64_t* lane_keys = nullptr) {
-    using namespace Eigen::internal;
-    const packet zero = pset1<packet>(0.0f);
-    for (std::int64_t x = 0; x < n; ++x)
-        for (std::int64_t m = 0; m < ldm; m += packet_size) {
-            if (lane_keys != nullptr && x >= lane_keys[m / packet_size]) continue;
-            packet ds = pmul(ploadu<packet>(Pt + x * ld + m),
-                             psub(ploadu<packet>(dPt + x * ld + m), ploadu<packet>(delta + m)));
-            if (lanes.any_uniform) ds = pselect(ploadu<packet>(lanes.uniform.data() + m), zero, ds);
-            pstoreu(dSt + x * ld + m, padd(ploadu<packet>(dSt + x * ld + m), ds));
-        }
 }
 
 }  // namespace detail
@@ -268,7 +265,7 @@ inline void attention_fused_backward(const attention_problem& p, tensor_ref<cons
         const sequence_index& seq = fp.index[b];
         backward_scratch& w = scratch[thread];
         w.acc_a.assign(static_cast<std::size_t>(pk.M * Dp), 0.0f);
-        for (auto* buf : {&w.st, &w.dpt, &w.pt, &w.dst}) buf->resize(static_cast<std::size_t>(Bk * ld));
+        for (auto* buf : {&w.st, &w.dpt, &w.dst}) buf->resize(static_cast<std::size_t>(Bk * ld));
         w.kv.bind(b, hk, seq.length, Bk, Dp);
         for (std::int32_t k0 = pk.hi < 0 ? 0 : (pk.lo / Bk) * Bk; k0 <= pk.hi; k0 += Bk) {
             const std::int32_t k1 = std::min(k0 + Bk, seq.length), n = k1 - k0;
@@ -295,10 +292,9 @@ inline void attention_fused_backward(const attention_problem& p, tensor_ref<cons
             std::fill(w.dst.begin(), w.dst.begin() + n * ld, 0.0f);  // zeros past lane_keys, as accumulate_values needs
             for (int g = 0; g < 2; ++g) {
                 if (!use.used[g]) continue;
-                group_probabilities(w.st.data(), w.pt.data(), nullptr, n, ldm, ld, use.masked[g], pk.lanes[g], seq,
-                                    k0, pk.mx[g].data(), pk.inv_sum[g].data(), lane_keys);
-                accumulate_score_gradient(w.pt.data(), w.dpt.data(), w.dst.data(), n, ldm, ld, pk.lanes[g],
-                                          pk.delta[g].data(), lane_keys);
+                accumulate_group_terms(w.st.data(), w.dpt.data(), nullptr, w.dst.data(), n, ldm, ld, use.masked[g],
+                                       pk.lanes[g], seq, k0, pk.mx[g].data(), pk.inv_sum[g].data(),
+                                       pk.delta[g].data(), lane_keys);
             }
             accumulate_values(w.dst.data(), ld, n, kb, ks, Dp, w.acc_a.data(), pk.M, lane_keys);
         }
@@ -343,7 +339,7 @@ inline void attention_fused_backward(const attention_problem& p, tensor_ref<cons
             const block_use use = classify_block(fp, tile, k0, k1);
             if (!use.any()) continue;
             const std::int64_t ldm = pk.ldm, ld = pk.ld;
-            for (auto* buf : {&w.st, &w.dpt, &w.pt, &w.psum, &w.dst}) buf->resize(static_cast<std::size_t>(Bk * ld));
+            for (auto* buf : {&w.st, &w.dpt, &w.psum, &w.dst}) buf->resize(static_cast<std::size_t>(Bk * ld));
             if (use.need_scores) {
                 scores_transposed(kb, ks, n, D, pk.qt.data(), ldm, w.st.data(), ld);
                 scores_transposed(vb, vs, n, D, pk.dot.data(), ldm, w.dpt.data(), ld);
@@ -354,11 +350,10 @@ inline void attention_fused_backward(const attention_problem& p, tensor_ref<cons
             std::fill(w.psum.begin(), w.psum.begin() + n * ld, 0.0f);
             for (int g = 0; g < 2; ++g) {
                 if (!use.used[g]) continue;
-                group_probabilities(w.st.data(), w.pt.data(), w.psum.data(), n, ldm, ld, use.masked[g], pk.lanes[g],
-                                    seq, k0, pk.mx[g].data(), pk.inv_sum[g].data());
-                if (use.need_scores)
-                    accumulate_score_gradient(w.pt.data(), w.dpt.data(), w.dst.data(), n, ldm, ld, pk.lanes[g],
-                                              pk.delta[g].data());
+                accumulate_group_terms(w.st.data(), w.dpt.data(), w.psum.data(),
+                                       use.need_scores ? w.dst.data() : nullptr, n, ldm, ld, use.masked[g],
+                                       pk.lanes[g], seq, k0, pk.mx[g].data(), pk.inv_sum[g].data(),
+                                       pk.delta[g].data());
             }
             accumulate_product(w.psum.data(), ld, n, pk.M, pk.dorows.data(), pk.ldr, Dp, w.acc_b.data(), Dp);
             if (use.need_scores)
