@@ -183,26 +183,39 @@ private:
     int previous_ = 1;
 };
 
+/// One sequence of S tokens of a layout with the shared inputs of that length, the options of a
+/// variant and thread count, and its checked problem; sets the benchmark's flop counters.
+struct sequence_case {
+    prefill_inputs& in;
+    const std::vector<std::int8_t> types;
+    mmca::token_layout tokens;
+    const mmca::attention_options options;
+    const mmca::tensor_ref<const float, 4> q, k, v;
+    const mmca::tensor_ref<float, 4> out;
+
+    sequence_case(benchmark::State& state, mmca::attention_variant variant, layout_kind layout, std::int64_t S,
+                  int threads, double flops_per_dim = 4.0)
+        : in(inputs_for(S)), types(make_types(layout, S)), options(options_for(variant, threads)), q(in.q), k(in.k),
+          v(in.v), out(in.out) {
+        tokens.types = mmca::tensor_ref<const std::int8_t, 2>(types.data(), {1, S});
+        const mmca::attention_problem p = mmca::make_attention_problem("bench", q, k, v, tokens, options, out);
+        set_flop_counters(state, prefill_pairs(variant, layout, S, p), flops_per_dim);
+    }
+    sequence_case(const sequence_case&) = delete;  // tokens points into types
+    sequence_case& operator=(const sequence_case&) = delete;
+};
+
 // ---------------------------------------------------------------------------------------------
 // prefill
 
 void bm_prefill(benchmark::State& state, mmca::attention_variant variant, mmca::attention_impl impl,
                 layout_kind layout, std::int64_t S, int threads) {
-    prefill_inputs& in = inputs_for(S);
-    const std::vector<std::int8_t> types = make_types(layout, S);
-    mmca::token_layout tokens;
-    tokens.types = mmca::tensor_ref<const std::int8_t, 2>(types.data(), {1, S});
-    const mmca::attention_options options = options_for(variant, threads);
-    const mmca::tensor_ref<const float, 4> q(in.q), k(in.k), v(in.v);
-    const mmca::tensor_ref<float, 4> out(in.out);
-
-    const mmca::attention_problem p = mmca::make_attention_problem("bench", q, k, v, tokens, options, out);
-    set_flop_counters(state, prefill_pairs(variant, layout, S, p));
+    const sequence_case c(state, variant, layout, S, threads);
 
     omp_threads_scope scope(threads);
     for (auto _ : state) {
-        mmca::attention_forward<float>(q, k, v, tokens, options, out, impl);
-        benchmark::DoNotOptimize(in.out.data());
+        mmca::attention_forward<float>(c.q, c.k, c.v, c.tokens, c.options, c.out, impl);
+        benchmark::DoNotOptimize(c.in.out.data());
         benchmark::ClobberMemory();
     }
 }
@@ -212,22 +225,13 @@ void bm_prefill(benchmark::State& state, mmca::attention_variant variant, mmca::
 
 void bm_backward(benchmark::State& state, mmca::attention_variant variant, layout_kind layout, std::int64_t S,
                  int threads) {
-    prefill_inputs& in = inputs_for(S);
-    const std::vector<std::int8_t> types = make_types(layout, S);
-    mmca::token_layout tokens;
-    tokens.types = mmca::tensor_ref<const std::int8_t, 2>(types.data(), {1, S});
-    const mmca::attention_options options = options_for(variant, threads);
-    const mmca::tensor_ref<const float, 4> q(in.q), k(in.k), v(in.v);
-    const mmca::attention_problem p =
-        mmca::make_attention_problem("bench", q, k, v, tokens, options, mmca::tensor_ref<float, 4>(in.out));
-    set_flop_counters(state, prefill_pairs(variant, layout, S, p), 10.0);
-
-    const mmca::attention_forward_result fwd = mmca::attention_with_stats(q, k, v, tokens, options);
+    const sequence_case c(state, variant, layout, S, threads, 10.0);
+    const mmca::attention_forward_result fwd = mmca::attention_with_stats(c.q, c.k, c.v, c.tokens, c.options);
     const mmca::tensor<float, 4> dout = random_tensor(kHeads, S, 5);
     mmca::tensor<float, 4> dq = random_tensor(kHeads, S, 6), dk = random_tensor(kHeads, S, 7),
                            dv = random_tensor(kHeads, S, 8);
     for (auto _ : state) {
-        mmca::attention_backward(q, k, v, mmca::tensor_ref<const float, 4>(dout), tokens, options, fwd.stats(),
+        mmca::attention_backward(c.q, c.k, c.v, mmca::tensor_ref<const float, 4>(dout), c.tokens, c.options, fwd.stats(),
                                  mmca::tensor_ref<float, 4>(dq), mmca::tensor_ref<float, 4>(dk),
                                  mmca::tensor_ref<float, 4>(dv));
         benchmark::DoNotOptimize(dq.data());

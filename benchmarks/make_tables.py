@@ -155,13 +155,13 @@ def peak_gflops(results, threads):
     return None
 
 
-def prefill_tables(results, out):
-    st = results["prefill"]
-    by = index(st["entries"], "variant", "layout", "S", "threads")
-    seq_lens = sorted({e["S"] for e in st["entries"]})
-    for threads in sorted({e["threads"] for e in st["entries"]}):
-        out.append("\n**Fused kernel, %d thread%s** — time in ms / useful GFLOP/s (%s)\n" % (
-            threads, "" if threads == 1 else "s", load_note(st)))
+def grid_tables(entries, out, title, cell):
+    """One table per thread count: a row per (variant, layout), a column per S; title(threads) is the
+    caption, cell(entry, threads) the text of a measured cell."""
+    by = index(entries, "variant", "layout", "S", "threads")
+    seq_lens = sorted({e["S"] for e in entries})
+    for threads in sorted({e["threads"] for e in entries}):
+        out.append("\n" + title(threads) + "\n")
         out.append("| variant | layout | " + " | ".join("S=%d" % s for s in seq_lens) + " |")
         out.append("|---|---|" + "---|" * len(seq_lens))
         for v in VARIANTS:
@@ -169,35 +169,35 @@ def prefill_tables(results, out):
                 cells = []
                 for s in seq_lens:
                     e = by.get((v, l, s, threads))
-                    cells.append("-" if e is None else "%s / %.0f" % (ms(e["seconds"]), e["GFLOPS"]))
+                    cells.append("-" if e is None else cell(e, threads))
                 out.append("| %s | %s | %s |" % (v, LAYOUT_TEXT[l], " | ".join(cells)))
+
+
+def plural(threads):
+    return "%d thread%s" % (threads, "" if threads == 1 else "s")
+
+
+def prefill_tables(results, out):
+    st = results["prefill"]
+    grid_tables(st["entries"], out,
+                lambda t: "**Fused kernel, %s** — time in ms / useful GFLOP/s (%s)" % (plural(t), load_note(st)),
+                lambda e, t: "%s / %.0f" % (ms(e["seconds"]), e["GFLOPS"]))
 
 
 def backward_tables(results, out):
     st = results["backward"]
-    by = index(st["entries"], "variant", "layout", "S", "threads")
     fwd = index(results["prefill"]["entries"], "variant", "layout", "S", "threads") if "prefill" in results else {}
-    seq_lens = sorted({e["S"] for e in st["entries"]})
-    for threads in sorted({e["threads"] for e in st["entries"]}):
-        out.append("\n**Fused backward, %d thread%s** — time in ms / GFLOP/s counted as 10·D flops per attended "
-                   "(row, key) pair (2.5× the forward's count) / in brackets, the time over the fused forward's at "
-                   "the same shape from the prefill stage (%s)\n" % (
-                       threads, "" if threads == 1 else "s", load_note(st)))
-        out.append("| variant | layout | " + " | ".join("S=%d" % s for s in seq_lens) + " |")
-        out.append("|---|---|" + "---|" * len(seq_lens))
-        for v in VARIANTS:
-            for l in LAYOUTS:
-                cells = []
-                for s in seq_lens:
-                    e, f = by.get((v, l, s, threads)), fwd.get((v, l, s, threads))
-                    if e is None:
-                        cells.append("-")
-                        continue
-                    cell = "%s / %.0f" % (ms(e["seconds"]), e["GFLOPS"])
-                    if f is not None:
-                        cell += " (%.1f×)" % (e["seconds"] / f["seconds"])
-                    cells.append(cell)
-                out.append("| %s | %s | %s |" % (v, LAYOUT_TEXT[l], " | ".join(cells)))
+
+    def cell(e, threads):
+        text = "%s / %.0f" % (ms(e["seconds"]), e["GFLOPS"])
+        f = fwd.get((e["variant"], e["layout"], e["S"], threads))
+        return text if f is None else text + " (%.1f×)" % (e["seconds"] / f["seconds"])
+
+    grid_tables(st["entries"], out,
+                lambda t: "**Fused backward, %s** — time in ms / GFLOP/s counted as 10·D flops per attended "
+                          "(row, key) pair (2.5× the forward's count) / in brackets, the time over the fused "
+                          "forward's at the same shape from the prefill stage (%s)" % (plural(t), load_note(st)),
+                cell)
 
 
 def reference_tables(results, out):

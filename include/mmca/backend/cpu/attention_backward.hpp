@@ -273,17 +273,10 @@ inline void attention_fused_backward(const attention_problem& p, tensor_ref<cons
             if (!use.need_scores) continue;  // only softmax groups send gradient to Q
             // On a block that cuts through the tile (the causal diagonal, the edges of an image), each
             // packet of lanes works only up to the last key its softmax groups see, as in the forward.
-            const std::int64_t* lane_keys = nullptr;
-            if ((use.used[0] && use.masked[0]) || (use.used[1] && use.masked[1])) {
-                w.lane_keys.resize(static_cast<std::size_t>(ldm / packet_size));
-                for (std::int64_t j = 0; j < ldm / packet_size; ++j) {
-                    std::int32_t end = 0;
-                    for (std::int64_t m = j * packet_size; m < (j + 1) * packet_size; ++m)
-                        end = std::max(end, pk.score_end[m]);
-                    w.lane_keys[j] = std::clamp<std::int64_t>(end - k0, 0, n);
-                }
-                lane_keys = w.lane_keys.data();
-            }
+            const bool cut = (use.used[0] && use.masked[0]) || (use.used[1] && use.masked[1]);
+            w.lane_keys.resize(static_cast<std::size_t>(ldm / packet_size));
+            const std::int64_t* lane_keys =
+                cut ? packet_key_counts(pk.score_end.data(), ldm, k0, n, w.lane_keys.data()) : nullptr;
             std::int64_t ks = 0, vs = 0;
             const float* kb = head_block_rows(k, 0, k0, n, D, Dp, w.kv, &ks);
             const float* vb = head_block_rows(v, 1, k0, n, D, Dp, w.kv, &vs);

@@ -169,6 +169,19 @@ inline std::int64_t keys_of_lanes(const std::int64_t* lane_keys, std::int64_t n,
     return most;
 }
 
+/// For a key block [k0, k0 + n) and lane_end (ldm entries: one past the last key position each lane
+/// sees), writes into lane_keys (ldm / packet_size entries) how many keys of the block each packet of
+/// lanes needs, and returns it.
+inline const std::int64_t* packet_key_counts(const std::int32_t* lane_end, std::int64_t ldm, std::int32_t k0,
+                                             std::int64_t n, std::int64_t* lane_keys) {
+    for (std::int64_t j = 0; j < ldm / packet_size; ++j) {
+        std::int32_t end = 0;
+        for (std::int64_t m = j * packet_size; m < (j + 1) * packet_size; ++m) end = std::max(end, lane_end[m]);
+        lane_keys[j] = std::clamp<std::int64_t>(end - k0, 0, n);
+    }
+    return lane_keys;
+}
+
 /// St (n × ldm, row stride ld) = K (n × D, row stride k_stride) · Qt (D × ldm, row stride ld); ldm a
 /// multiple of 2 packets, ld >= ldm. With lane_keys (one entry per packet of lanes), the lanes of
 /// packet j only need the first lane_keys[j] keys: a column strip skips the keys none of its lanes
@@ -1155,17 +1168,9 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
 
             // On a block that cuts through the tile's rows (the diagonal of a causal tile), each packet of
             // lanes works only on the keys up to the last one any of its lanes sees.
-            const std::int64_t* lane_keys = nullptr;
             const bool cut = (used[0] && masked[0]) || (used[1] && masked[1]);
-            if (cut) {
-                for (std::int64_t j = 0; j < ldm / packet_size; ++j) {
-                    std::int32_t end = 0;
-                    for (std::int64_t m = j * packet_size; m < (j + 1) * packet_size; ++m)
-                        end = std::max(end, w.lane_end[m]);
-                    w.lane_keys[j] = std::clamp<std::int64_t>(end - k0, 0, n);
-                }
-                lane_keys = w.lane_keys.data();
-            }
+            const std::int64_t* lane_keys = cut ? packet_key_counts(w.lane_end.data(), ldm, k0, n, w.lane_keys.data())
+                                                : nullptr;
             std::int64_t ks = 0, vs = 0;
             const float* kb = need_scores ? head_block_rows(k, 0, k0, n, D, Dp, w.kv, &ks) : nullptr;
             const float* vb = head_block_rows(v, 1, k0, n, D, Dp, w.kv, &vs);
