@@ -15,8 +15,8 @@ the statistics on q's device and runs on PyTorch's current stream; its backward 
 backward.
 
 Models on the GPU, with numpy arrays on the host in and out as for their CPU counterparts:
-:class:`LlamaModel` (the decoder) and :class:`VisualChatModel` (decoder and QWen-VL encoder on the
-device).
+:class:`LlamaModel` (the decoder) and :class:`VisualChatModel` (decoder and vision encoder, QWen-VL
+or CLIP, on the device).
 """
 from __future__ import annotations
 

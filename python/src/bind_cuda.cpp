@@ -342,7 +342,7 @@ states per block).
     py::class_<cuda_visual_chat_object> chat_class(m, "VisualChatModel", R"doc(
 The visual-chat model on the GPU: mmca.VisualChatModel's splice, image cache, batch forward and chat
 rounds over the GPU decoder (weights, activations and KV caches in device memory of `dtype`), with a
-QWen-VL vision encoder on the device too; the projector (and a CLIP encoder) run on the host. Images,
+vision encoder (QWen-VL or CLIP) on the device too; the projector runs on the host. Images,
 token ids and logits are numpy arrays on the host, exactly as for mmca.VisualChatModel.
 
 Parameters
@@ -370,6 +370,6 @@ Training (loss_and_grads) is the CPU model's.
             }, "Element type on the device.")
         .def_property_readonly("encoder_on_device", [](cuda_visual_chat_object& s) {
                 return s.visit([](auto& m) { return mmca::cuda::lib::encoder_on_device(m); });
-            }, "True when the vision encoder runs on the GPU (QWen-VL), False for CLIP (host).");
+            }, "True when the vision encoder runs on the GPU (QWen-VL and CLIP encoders both do).");
     def_visual_chat_inference(chat_class);
 }

@@ -255,3 +255,28 @@ def test_visual_chat_model_matches_the_cpu_model(tmp_path):
         np.testing.assert_allclose(low["logits"], want["logits"], atol=tol * np.abs(want["logits"]).max())
     with pytest.raises(ValueError, match="'dtype'"):
         cuda.VisualChatModel(path, dtype="float64", **kw)
+
+
+def test_visual_chat_model_runs_a_clip_encoder_on_the_device(tmp_path):
+    """A visual-chat checkpoint with an HF CLIP vision tower (test_trainer's, encoder="clip"): the GPU
+    model runs the CLIP encoder on the device, for both of its outputs, and its image rows and batch
+    forward match mmca.VisualChatModel's (float32 1e-4; bfloat16 within its storage precision)."""
+    mmca = pytest.importorskip("mmca")
+    if not hasattr(mmca, "VisualChatModel"):
+        pytest.skip("the CPU module is not built")
+    from test_trainer import IMG, S, checkpoint
+    path = checkpoint(tmp_path / "clip", seed=6, encoder="clip")
+    rng = np.random.default_rng(7)
+    images = [rng.standard_normal((2, 3, S, S)).astype(np.float32), rng.standard_normal((1, 3, S, S)).astype(np.float32)]
+    ids = [[1, 5, IMG, 9, 12, IMG, 4, 2], [1, IMG, 7, 8]]
+    for layer in ("last_hidden_state", "penultimate"):
+        kw = dict(image_size=S, vision_heads=4, image_token_id=IMG, num_threads=1, clip_layer=layer)
+        cpu = mmca.VisualChatModel(path, batch=2, **kw)
+        gpu = cuda.VisualChatModel(path, batch=2, dtype="float32", **kw)
+        assert cpu.encoder == "clip_vit" and gpu.encoder_on_device
+        want_rows = cpu.embed_images(images[0])
+        np.testing.assert_allclose(gpu.embed_images(images[0]), want_rows, rtol=0, atol=1e-4 * np.abs(want_rows).max())
+        want, got = cpu.forward(ids, images), gpu.forward(ids, images)
+        np.testing.assert_allclose(got["logits"], want["logits"], atol=1e-4 * np.abs(want["logits"]).max())
+        low = cuda.VisualChatModel(path, batch=2, dtype="bfloat16", **kw).forward(ids, images)
+        np.testing.assert_allclose(low["logits"], want["logits"], atol=6e-2 * np.abs(want["logits"]).max())

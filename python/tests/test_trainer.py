@@ -21,9 +21,11 @@ CFG = dict(vocab_size=V, hidden_size=H, intermediate_size=40, num_hidden_layers=
            bos_token_id=1, eos_token_id=2, cross_attention_every=1, cross_attention_intermediate=12)
 
 
-def checkpoint(folder, vocab=V, seed=0, layers=2, projector="baseline"):
+def checkpoint(folder, vocab=V, seed=0, layers=2, projector="baseline", encoder="qwen"):
     """A small QWen ViT (4 queries of width 16), a projector (baseline; or vit, perceiver: see
-    projector_tensors) and a LLaMa of `layers` layers with cross blocks, under the reference names."""
+    projector_tensors) and a LLaMa of `layers` layers with cross blocks, under the reference names.
+    encoder="clip": an HF CLIP vision tower instead (width 32, 2 layers, 4 heads of 8, MLP 48; 16
+    patches + CLS at S = 56), under vis_encoder.vision_model.*."""
     rng = np.random.default_rng(seed)
     t = {}
 
@@ -50,9 +52,17 @@ def checkpoint(folder, vocab=V, seed=0, layers=2, projector="baseline"):
     rnd(p + "attn_pool.attn.out_proj.weight", (E, E), 0.1), rnd(p + "attn_pool.attn.out_proj.bias", (E,), 0.1)
     rnd("projection.0.weight", (H, E), 0.2), rnd("projection.0.bias", (H,), 0.1)
     rnd("projection.1.weight", (H,), 0.1, 1.0), rnd("projection.1.bias", (H,), 0.1)
+    Dv = E
+    if encoder == "clip":
+        from test_vision_bindings import clip_tensors
+        t = {k: v for k, v in t.items() if not k.startswith(p)}
+        Dv = W
+        clip = clip_tensors(rng, width=W, inter=48, layers=2, size=S, prefix=p + "vision_model.")
+        t.update({k: v.astype(np.float32) for k, v in clip.items()})
+        rnd("projection.0.weight", (H, Dv), 0.2)
     if projector != "baseline":
         t = {k: v for k, v in t.items() if not k.startswith("projection.")}
-        t.update(projector_tensors(projector, E, seed))
+        t.update(projector_tensors(projector, Dv, seed))
     d = "lang_decoder.model."
     rnd("lang_embed.weight", (vocab, H), 1.0)
     t[d + "embed_tokens.weight"] = t["lang_embed.weight"].copy()

@@ -55,6 +55,31 @@ std::vector<float> cuda_qwen_encode(const mmca::vision::qwen_vit& host, const st
 }
 
 template <class S>
+std::vector<float> cuda_clip_encode(const mmca::vision::clip_vit& host, const std::vector<float>& images,
+                                    std::int64_t n, mmca::vision::clip_output which,
+                                    std::int64_t size) {
+    const auto& c = host.config();
+    mmca::cuda::clip_vit<S> vit(host);
+    std::vector<float> out(static_cast<std::size_t>(n * c.tokens() * c.hidden_size));
+    const std::int64_t side = size > 0 ? size : c.image_size;
+    vit.encode(mmca::tensor_ref<const float, 4>(images.data(), {n, c.num_channels, side, side}),
+               mmca::tensor_ref<float, 3>(out.data(), {n, c.tokens(), c.hidden_size}), which);
+    return out;
+}
+
+template <class S>
+std::vector<float> cuda_tower_embed(std::unique_ptr<mmca::encoder_projector_tower> host,
+                                    const std::vector<float>& images, std::int64_t n, bool* on_device) {
+    mmca::cuda::encoder_projector_tower<S> tower(std::move(host));
+    *on_device = tower.encoder_on_device();
+    const std::int64_t s = tower.image_size(), t = tower.tokens_per_image(), w = tower.width();
+    std::vector<float> out(static_cast<std::size_t>(n * t * w));
+    tower.embed(mmca::tensor_ref<const float, 4>(images.data(), {n, 3, s, s}),
+                mmca::tensor_ref<float, 3>(out.data(), {n, t, w}), 1);
+    return out;
+}
+
+template <class S>
 chat_script_result cuda_chat_script(const std::string& path, const mmca::visual_chat_load_options& load,
                                     std::int32_t P, std::int64_t image_size, const std::vector<float>& images) {
     mmca::visual_chat_load_options two = load, one = load;
@@ -70,6 +95,10 @@ chat_script_result cuda_chat_script(const std::string& path, const mmca::visual_
                                                             const host_heads&, std::int64_t, std::int64_t, float); \
     template std::vector<float> cuda_qwen_encode<S>(const mmca::vision::qwen_vit&, const std::vector<float>&,  \
                                                     std::int64_t);                                              \
+    template std::vector<float> cuda_clip_encode<S>(const mmca::vision::clip_vit&, const std::vector<float>&,  \
+                                                    std::int64_t, mmca::vision::clip_output, std::int64_t);     \
+    template std::vector<float> cuda_tower_embed<S>(std::unique_ptr<mmca::encoder_projector_tower>,             \
+                                                    const std::vector<float>&, std::int64_t, bool*);           \
     template chat_script_result cuda_chat_script<S>(const std::string&, const mmca::visual_chat_load_options&,  \
                                                     std::int32_t, std::int64_t, const std::vector<float>&);
 

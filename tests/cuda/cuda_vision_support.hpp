@@ -10,9 +10,11 @@
 
 #include "mmca/model/visual_chat.hpp"
 #include "mmca/model/visual_chat_loader.hpp"
+#include "mmca/vision/clip_vit.hpp"
 #include "mmca/vision/qwen_vit.hpp"
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -37,6 +39,19 @@ std::vector<float> cuda_dense_attention_run(const host_heads& q, const host_head
 template <class S>
 std::vector<float> cuda_qwen_encode(const mmca::vision::qwen_vit& host, const std::vector<float>& images,
                                     std::int64_t n);
+
+/// (n, 1 + G², W) of mmca::cuda::clip_vit<S> built from `host`: hidden state `which` of n images
+/// (n, C, size, size); size 0: the encoder's image size.
+template <class S>
+std::vector<float> cuda_clip_encode(const mmca::vision::clip_vit& host, const std::vector<float>& images,
+                                    std::int64_t n, mmca::vision::clip_output which,
+                                    std::int64_t size = 0);
+
+/// embed() of mmca::cuda::encoder_projector_tower<S> made from `host`, for n images; *on_device
+/// receives encoder_on_device().
+template <class S>
+std::vector<float> cuda_tower_embed(std::unique_ptr<mmca::encoder_projector_tower> host,
+                                    const std::vector<float>& images, std::int64_t n, bool* on_device);
 
 /// The script on mmca::cuda::load_visual_chat_model<S>(path, ·) with batch 2 and batch 1.
 template <class S>

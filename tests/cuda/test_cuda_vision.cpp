@@ -2,6 +2,9 @@
 //   * mmca::cuda::dense_attention (the encoder's self-attention in QWen-VL's interleaved qkv layout,
 //     the resampler's cross-attention) against mmca::nn::dense_attention on the same values;
 //   * mmca::cuda::qwen_vit<S> against mmca::vision::qwen_vit on a small random encoder;
+//   * mmca::cuda::clip_vit<S> against mmca::vision::clip_vit (both outputs, more images than one
+//     device batch), and mmca::cuda::encoder_projector_tower<S> with a CLIP encoder against the
+//     host tower;
 //   * mmca::cuda::visual_chat_model<S> (GPU encoder + GPU decoder) against mmca::visual_chat_model
 //     on one checkpoint: a batch forward with its loss, two greedy chat rounds with images, one
 //     more append.
@@ -23,6 +26,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <deque>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -173,6 +178,149 @@ TEST(CudaQwenVit, Float16MatchesCpu) {
 TEST(CudaQwenVit, Bfloat16MatchesCpu) {
     MMCA_REQUIRE_GPU();
     expect_encoder_matches_cpu<mmca::bfloat16>(6e-2);
+}
+
+/// Random float32 values, owned by a store that the weights keep alive.
+struct random_store {
+    std::shared_ptr<std::deque<std::vector<float>>> owned = std::make_shared<std::deque<std::vector<float>>>();
+    std::mt19937 rng;
+    explicit random_store(unsigned seed) : rng(seed) {}
+    std::vector<float> values(std::int64_t n, float scale, float mean = 0.0f) {
+        std::normal_distribution<float> nd;
+        std::vector<float> v(static_cast<std::size_t>(n));
+        for (auto& x : v) x = mean + scale * nd(rng);
+        return v;
+    }
+    mmca::nn::matrix_ref matrix(std::int64_t rows, std::int64_t cols, float scale) {
+        owned->push_back(values(rows * cols, scale));  // a deque keeps earlier elements in place
+        return {mmca::dtype::float32, owned->back().data(), rows, cols};
+    }
+};
+
+constexpr std::int64_t kClipSize = 42;  // 3 × 3 patches of 14 + CLS = 10 tokens
+constexpr std::int64_t kClipWidth = 64;
+
+/// A CLIP vision tower (HF layout: separate q/k/v/out with biases, quick GELU) of random weights:
+/// 3 layers, width 64, 4 heads of 16, MLP 80.
+mmca::vision::clip_vit random_clip(unsigned seed) {
+    mmca::vision::clip_vit_config c;
+    c.image_size = kClipSize;
+    c.patch_size = 14;
+    c.hidden_size = kClipWidth;
+    c.intermediate_size = 80;
+    c.num_layers = 3;
+    c.num_heads = 4;
+    const std::int64_t W = c.hidden_size, I = c.intermediate_size, P = c.patch_size;
+    random_store r(seed);
+    mmca::vision::clip_vit_weights w;
+    w.patch_embed = r.matrix(W, c.num_channels * P * P, 0.05f);
+    w.class_embedding = r.values(W, 0.5f);
+    w.position_embedding = r.values(c.tokens() * W, 0.5f);
+    w.pre_ln_w = r.values(W, 0.2f, 1.0f);
+    w.pre_ln_b = r.values(W, 0.1f);
+    for (std::int64_t l = 0; l < c.num_layers; ++l) {
+        mmca::vision::encoder_layer_weights L;
+        L.ln1_w = r.values(W, 0.2f, 1.0f);
+        L.ln1_b = r.values(W, 0.1f);
+        L.ln2_w = r.values(W, 0.2f, 1.0f);
+        L.ln2_b = r.values(W, 0.1f);
+        L.layout = mmca::vision::qkv_layout::separate;
+        L.q = r.matrix(W, W, 0.1f);
+        L.k = r.matrix(W, W, 0.1f);
+        L.v = r.matrix(W, W, 0.1f);
+        L.out = r.matrix(W, W, 0.1f);
+        L.q_bias = r.values(W, 0.1f);
+        L.k_bias = r.values(W, 0.1f);
+        L.v_bias = r.values(W, 0.1f);
+        L.out_bias = r.values(W, 0.1f);
+        L.fc1 = r.matrix(I, W, 0.1f);
+        L.fc1_bias = r.values(I, 0.1f);
+        L.fc2 = r.matrix(W, I, 0.1f);
+        L.fc2_bias = r.values(W, 0.1f);
+        w.layers.push_back(std::move(L));
+    }
+    w.storage = r.owned;
+    return mmca::vision::clip_vit(c, std::move(w));
+}
+
+/// A host tower: random_clip(seed) taking its penultimate state, and a baseline projector (64 -> 48).
+std::unique_ptr<mmca::encoder_projector_tower> random_clip_tower(unsigned seed) {
+    random_store r(seed + 100);
+    mmca::vision::projector_config pc;
+    pc.kind = mmca::vision::projector_kind::baseline;
+    pc.vision_dim = kClipWidth;
+    pc.hidden = 48;
+    pc.eps = 1e-5f;
+    mmca::vision::projector_weights pw;
+    pw.linear = r.matrix(pc.hidden, kClipWidth, 0.1f);
+    pw.linear_bias = r.values(pc.hidden, 0.1f);
+    pw.norm_w = r.values(pc.hidden, 0.2f, 1.0f);
+    pw.norm_b = r.values(pc.hidden, 0.1f);
+    pw.storage = r.owned;
+    return std::make_unique<mmca::encoder_projector_tower>(random_clip(seed), mmca::vision::projector(pc, pw),
+                                                           mmca::vision::clip_output::penultimate);
+}
+
+std::vector<float> random_pixels(std::int64_t n, std::int64_t size, unsigned seed) {
+    std::mt19937 g(seed);
+    std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+    std::vector<float> v(static_cast<std::size_t>(n * 3 * size * size));
+    for (auto& x : v) x = u(g);
+    return v;
+}
+
+template <class S>
+void expect_clip_matches_cpu(double tol) {
+    const mmca::vision::clip_vit clip = random_clip(7);
+    const auto& c = clip.config();
+    constexpr std::int64_t n = 9;  // more than one device batch (max_images_per_call = 8)
+    const auto images = random_pixels(n, kClipSize, 8);
+    for (auto which : {mmca::vision::clip_output::last_hidden_state, mmca::vision::clip_output::penultimate}) {
+        std::vector<float> want(static_cast<std::size_t>(n * c.tokens() * c.hidden_size));
+        clip.encode(tensor_ref<const float, 4>(images.data(), {n, 3, kClipSize, kClipSize}),
+                    tensor_ref<float, 3>(want.data(), {n, c.tokens(), c.hidden_size}), which, 1);
+        const auto got = cuda_clip_encode<S>(clip, images, n, which);
+        EXPECT_LE(norm_error(got, want), tol) << mmca::vision::to_string(which);
+    }
+}
+
+TEST(CudaClipVit, Float32MatchesCpu) {
+    MMCA_REQUIRE_GPU();
+    expect_clip_matches_cpu<float>(1e-4);
+}
+TEST(CudaClipVit, SixteenBitMatchesCpu) {
+    MMCA_REQUIRE_GPU();
+    expect_clip_matches_cpu<mmca::float16>(1e-2);
+    expect_clip_matches_cpu<mmca::bfloat16>(6e-2);
+}
+
+TEST(CudaClipVit, BadImagesNameTheArgument) {
+    MMCA_REQUIRE_GPU();
+    const mmca::vision::clip_vit clip = random_clip(7);
+    try {
+        cuda_clip_encode<float>(clip, random_pixels(2, 28, 1), 2, mmca::vision::clip_output::last_hidden_state, 28);
+        FAIL() << "no error";
+    } catch (const mmca::invalid_argument& e) {
+        EXPECT_EQ(e.argument(), "images") << e.what();
+        EXPECT_NE(std::string(e.what()).find("[2, 3, 28, 28]"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("(N, 3, 42, 42)"), std::string::npos) << e.what();
+    }
+}
+
+TEST(CudaEncoderProjectorTower, ClipEncoderRunsOnTheDeviceAndMatchesTheHostTower) {
+    MMCA_REQUIRE_GPU();
+    auto host = random_clip_tower(11);
+    const std::int64_t n = 3, t = host->tokens_per_image(), w = host->width();
+    const auto images = random_pixels(n, kClipSize, 12);
+    std::vector<float> want(static_cast<std::size_t>(n * t * w));
+    host->embed(tensor_ref<const float, 4>(images.data(), {n, 3, kClipSize, kClipSize}),
+                tensor_ref<float, 3>(want.data(), {n, t, w}), 1);
+    bool on_device = false;
+    const auto got = cuda_tower_embed<float>(random_clip_tower(11), images, n, &on_device);
+    EXPECT_TRUE(on_device);
+    EXPECT_LE(norm_error(got, want), 1e-4);
+    const auto half = cuda_tower_embed<mmca::bfloat16>(random_clip_tower(11), images, n, &on_device);
+    EXPECT_LE(norm_error(half, want), 6e-2);
 }
 
 template <class S>

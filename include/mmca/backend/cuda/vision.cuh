@@ -1,4 +1,4 @@
-// mmca/backend/cuda/vision.cuh - the QWen-VL vision encoder on a GPU, and the vision tower around it.
+// mmca/backend/cuda/vision.cuh - the vision encoders (QWen-VL, CLIP) on a GPU, and the vision tower around them.
 //
 //   mmca::vision::qwen_vit host = mmca::io::load_qwen_vit(ckpt, "vis_encoder.", config);
 //   mmca::cuda::qwen_vit<mmca::bfloat16> vit(host);          // weights copied to the device as T
@@ -19,9 +19,19 @@
 // per image. GEMMs accumulate in float32 (no TF32); norms and biases are float32; the resized
 // position tables are made by the host encoder and uploaded as T.
 //
+//   mmca::cuda::clip_vit<T> clip(host_clip);               // mmca::vision::clip_vit (HF CLIPVisionModel)
+//   clip.encode(images, out, mmca::vision::clip_output::penultimate);
+//
+// mmca::cuda::clip_vit<T> computes what mmca::vision::clip_vit computes (mmca/vision/clip_vit.hpp):
+//   x = [cls ; patches · patch_embeddingᵀ] + position_embedding      per image: the patch GEMM, its rows
+//                                                                    moved one row down, row 0 set to 0,
+//                                                                    then + a position table whose row 0
+//                                                                    holds cls + position 0 (host, fp32)
+//   pre_layrnorm, L (L - 1 for the penultimate state) pre-LN layers  encoder_layer_forward as above
+//
 // mmca::cuda::encoder_projector_tower<T> is a mmca::vision_tower (host float32 in and out) whose
-// QWen-VL encoder runs on the device and whose projector (trainable, small) runs on the host. A
-// CLIP encoder stays on the host. The visual-chat model on the GPU (visual_chat.cuh) uses it.
+// encoder (QWen-VL or CLIP) runs on the device and whose projector (trainable, small) runs on the
+// host. The visual-chat model on the GPU (visual_chat.cuh) uses it.
 #pragma once
 
 #include "mmca/backend/cuda/common.cuh"
@@ -32,6 +42,7 @@
 #include "mmca/model/visual_chat_loader.hpp"
 #include "mmca/nn/layernorm.hpp"
 #include "mmca/nn/linear.hpp"
+#include "mmca/vision/clip_vit.hpp"
 #include "mmca/vision/qwen_vit.hpp"
 
 #include <algorithm>
@@ -137,6 +148,27 @@ void encoder_layer_forward(const cublas_handle& handle, tensor_ref<T, 2> x, std:
     residual_add<T>(x, proj, stream);
 }
 
+/// Runs contiguous float32 host images (N, C, H, W) through `run` at most max_images at a time:
+/// `run(pixels, n)` gets n images copied to the device and returns device rows of T, per_image
+/// values for each image, which are copied back and written to out (N · per_image floats) as float32.
+template <class T, class Run>
+void encode_host_images(tensor_ref<const float, 4> images, float* out, std::int64_t per_image, std::int64_t max_images,
+                        device_array<float>& pixels, std::vector<T>& host, Run&& run) {
+    const std::int64_t N = images.shape[0], C = images.shape[1], H = images.shape[2], W = images.shape[3];
+    const std::int64_t pixels_per_image = C * H * W;
+    for (std::int64_t n0 = 0; n0 < N; n0 += max_images) {
+        const std::int64_t n = std::min(max_images, N - n0);
+        pixels.resize(static_cast<std::size_t>(n * pixels_per_image));
+        MMCA_CUDA_CHECK(cudaMemcpy(pixels.data(), images.ptr(n0),
+                                   static_cast<std::size_t>(n * pixels_per_image) * sizeof(float), cudaMemcpyHostToDevice));
+        const T* rows = run(tensor_ref<const float, 4>(pixels.data(), {n, C, H, W}), n);
+        host.resize(static_cast<std::size_t>(n * per_image));
+        MMCA_CUDA_CHECK(cudaMemcpy(host.data(), rows, host.size() * sizeof(T), cudaMemcpyDeviceToHost));
+        float* dst = out + n0 * per_image;
+        for (std::size_t i = 0; i < host.size(); ++i) dst[i] = static_cast<float>(host[i]);
+    }
+}
+
 /// The QWen-VL ViT on the current device, activations and matrices of T (float, float16 or
 /// bfloat16). Built from a host encoder (whose weights and resized tables it copies); the host
 /// encoder is not needed afterwards. Not safe to call from two threads at once (it owns scratch).
@@ -200,18 +232,11 @@ public:
         MMCA_CHECK_ARG(out.shape[0] == N && out.shape[1] == Q && out.shape[2] == E && out.contiguous(), where, "out",
                        out.shape_text(),
                        "a contiguous (" + to_text(N) + ", " + to_text(Q) + ", " + to_text(E) + ") float32 tensor");
-        const std::int64_t per_image = 3 * S * S;
-        for (std::int64_t n0 = 0; n0 < N; n0 += max_images_per_call) {
-            const std::int64_t n = std::min(max_images_per_call, N - n0);
-            pixels_.resize(static_cast<std::size_t>(n * per_image));
-            MMCA_CUDA_CHECK(cudaMemcpy(pixels_.data(), images.ptr(n0), static_cast<std::size_t>(n * per_image) * sizeof(float),
-                                       cudaMemcpyHostToDevice));
-            encode_device(tensor_ref<const float, 4>(pixels_.data(), {n, 3, S, S}), n);
-            host_.resize(static_cast<std::size_t>(n * Q * E));
-            MMCA_CUDA_CHECK(cudaMemcpy(host_.data(), pooled_.data(), host_.size() * sizeof(T), cudaMemcpyDeviceToHost));
-            float* dst = out.ptr(n0);
-            for (std::size_t i = 0; i < host_.size(); ++i) dst[i] = static_cast<float>(host_[i]);
-        }
+        encode_host_images<T>(images, out.data, Q * E, max_images_per_call, pixels_, host_,
+                              [&](tensor_ref<const float, 4> pixels, std::int64_t n) {
+                                  encode_device(pixels, n);
+                                  return pooled_.data();
+                              });
     }
 
 private:
@@ -270,9 +295,103 @@ private:
     std::vector<T> host_;
 };
 
-/// A vision tower whose QWen-VL encoder runs on the device (as T) and whose projector runs on the
-/// host; a CLIP encoder runs on the host. Built from the host tower that a checkpoint loads
-/// (mmca::load_vision_tower), which it keeps for its projector (and CLIP encoder).
+/// The CLIP vision tower (HF CLIPVisionModel) on the current device, activations and matrices of T
+/// (float, float16 or bfloat16). Built from a host encoder, whose weights it copies; the host encoder
+/// is not needed afterwards. Not safe to call from two threads at once (it owns scratch).
+template <class T = float>
+class clip_vit {
+    static_assert(is_storage_type_v<T>, "mmca::cuda::clip_vit: T must be float, float16 or bfloat16");
+
+public:
+    explicit clip_vit(const vision::clip_vit& host)
+        : config_(host.config()), layers_run_{host.layers_run(vision::clip_output::last_hidden_state),
+                                              host.layers_run(vision::clip_output::penultimate)},
+          handle_(make_model_handle("mmca::cuda::clip_vit")) {
+        const vision::clip_vit_weights& w = host.weights();
+        const std::int64_t W = config_.hidden_size, T_ = config_.tokens();
+        patch_embed_ = upload_matrix<T>(w.patch_embed);
+        // Row 0 of every image is the class embedding: folded into the position table (in float32,
+        // as the host adds them), so that the embedding rows are patches, a zero row, + one table.
+        std::vector<float> table = w.position_embedding;
+        for (std::size_t d = 0; d < static_cast<std::size_t>(W); ++d) table[d] += w.class_embedding[d];
+        positions_ = upload_table<T>(table, T_, W);
+        pre_ln_w_ = upload_vector(w.pre_ln_w);
+        pre_ln_b_ = upload_vector(w.pre_ln_b);
+        layers_.reserve(w.layers.size());
+        for (const auto& l : w.layers) layers_.push_back(upload_encoder_layer<T>(l));
+    }
+
+    const vision::clip_vit_config& config() const { return config_; }
+
+    /// Images that go through the layers together (the work buffers hold this many).
+    static constexpr std::int64_t max_images_per_call = 8;
+
+    /// Layers run for `which`: L for the last hidden state, L - 1 for the penultimate one.
+    std::int64_t layers_run(vision::clip_output which) const {
+        return which == vision::clip_output::penultimate ? layers_run_[1] : layers_run_[0];
+    }
+
+    /// out (N, 1 + G², W) float32 host = hidden state `which` of images (N, C, S, S) float32 host.
+    void encode(tensor_ref<const float, 4> images, tensor_ref<float, 3> out,
+                vision::clip_output which = vision::clip_output::last_hidden_state) {
+        using mmca::detail::to_text;
+        const char* where = "mmca::cuda::clip_vit::encode";
+        const std::int64_t S = config_.image_size, C = config_.num_channels, T_ = config_.tokens(),
+                           W = config_.hidden_size;
+        MMCA_CHECK_ARG(!images.empty() && images.shape[1] == C && images.shape[2] == S && images.shape[3] == S &&
+                           images.contiguous(),
+                       where, "images", images.empty() ? std::string("no tensor") : images.shape_text(),
+                       "contiguous (N, " + to_text(C) + ", " + to_text(S) + ", " + to_text(S) + ") float32 images");
+        const std::int64_t N = images.shape[0];
+        MMCA_CHECK_ARG(out.shape[0] == N && out.shape[1] == T_ && out.shape[2] == W && out.contiguous(), where, "out",
+                       out.shape_text(),
+                       "a contiguous (" + to_text(N) + ", " + to_text(T_) + ", " + to_text(W) + ") float32 tensor");
+        const std::int64_t layers = layers_run(which);
+        encode_host_images<T>(images, out.data, T_ * W, max_images_per_call, pixels_, host_,
+                              [&](tensor_ref<const float, 4> pixels, std::int64_t n) {
+                                  encode_device(pixels, n, layers);
+                                  return x_.data();
+                              });
+    }
+
+private:
+    /// x_ (n·(1 + G²), W) = the hidden state after `layers` layers of n images already on the device.
+    void encode_device(tensor_ref<const float, 4> pixels, std::int64_t n, std::int64_t layers) {
+        const std::int64_t W = config_.hidden_size, T_ = config_.tokens(), G2 = T_ - 1;
+        patches_.resize(static_cast<std::size_t>(n * G2 * W));
+        x_.resize(static_cast<std::size_t>(n * T_ * W));
+        patch_embedding_forward<T>(*handle_, pixels, patch_embed_.view(), config_.patch_size,
+                                   tensor_ref<T, 2>(patches_.data(), {n * G2, W}), nullptr);
+        // Image i's patch rows go to rows i·T + 1 .. of x; its row i·T (the class row) is zeroed.
+        const std::size_t row = static_cast<std::size_t>(W) * sizeof(T);
+        MMCA_CUDA_CHECK(cudaMemcpy2DAsync(x_.data() + W, T_ * row, patches_.data(), G2 * row, G2 * row,
+                                          static_cast<std::size_t>(n), cudaMemcpyDeviceToDevice, nullptr));
+        MMCA_CUDA_CHECK(cudaMemset2DAsync(x_.data(), T_ * row, 0, row, static_cast<std::size_t>(n), nullptr));
+        const tensor_ref<T, 2> x(x_.data(), {n * T_, W});
+        for (std::int64_t i = 0; i < n; ++i)
+            residual_add<T>(tensor_ref<T, 2>(x.ptr(i * T_), {T_, W}), positions_.view(), nullptr, nullptr);
+        layernorm_forward<T>(x, pre_ln_w_.get(), pre_ln_b_.get(), config_.layer_norm_eps, x, nullptr);
+        const vision::encoder_layer_config layer = config_.layer_config();
+        for (std::int64_t l = 0; l < layers; ++l)
+            encoder_layer_forward<T>(*handle_, x, n, T_, layer, layers_[static_cast<std::size_t>(l)], layer_scratch_,
+                                     nullptr);
+    }
+
+    vision::clip_vit_config config_;
+    std::int64_t layers_run_[2];  // last hidden state, penultimate
+    std::unique_ptr<cublas_handle> handle_;
+    device_matrix<T> patch_embed_, positions_;
+    device_vector pre_ln_w_, pre_ln_b_;
+    std::vector<device_encoder_layer<T>> layers_;
+    encoder_layer_scratch<T> layer_scratch_;
+    device_array<float> pixels_;
+    device_array<T> patches_, x_;
+    std::vector<T> host_;
+};
+
+/// A vision tower whose encoder (QWen-VL or CLIP) runs on the device (as T) and whose projector runs
+/// on the host. Built from the host tower that a checkpoint loads (mmca::load_vision_tower), which
+/// it keeps for its projector.
 template <class T = float>
 class encoder_projector_tower : public vision_tower {
 public:
@@ -280,10 +399,11 @@ public:
         MMCA_CHECK_ARG(host_ != nullptr, "mmca::cuda::encoder_projector_tower", "host", "no tower",
                        "the host encoder + projector tower of a checkpoint");
         if (host_->qwen()) vit_ = std::make_unique<qwen_vit<T>>(*host_->qwen());
+        if (host_->clip()) clip_ = std::make_unique<clip_vit<T>>(*host_->clip());
     }
 
-    /// True when the encoder runs on the device (QWen-VL), false for a CLIP encoder (host).
-    bool encoder_on_device() const { return vit_ != nullptr; }
+    /// True when the encoder runs on the device (both QWen-VL and CLIP do).
+    bool encoder_on_device() const { return vit_ != nullptr || clip_ != nullptr; }
     mmca::encoder_projector_tower& host() { return *host_; }
     const mmca::encoder_projector_tower& host() const { return *host_; }
 
@@ -292,17 +412,21 @@ public:
     std::int64_t width() const override { return host_->width(); }
 
     void embed(tensor_ref<const float, 4> images, tensor_ref<float, 3> out, int num_threads) override {
-        if (!vit_) return host_->embed(images, out, num_threads);
+        if (!vit_ && !clip_) return host_->embed(images, out, num_threads);
         const std::int64_t N = images.shape[0], Tn = host_->encoder_tokens(), Dv = host_->encoder_width();
         features_.resize(static_cast<std::size_t>(N * Tn * Dv));
         tensor_ref<float, 3> f(features_.data(), {N, Tn, Dv});
-        vit_->encode(images, f);
+        if (vit_)
+            vit_->encode(images, f);
+        else
+            clip_->encode(images, f, host_->clip_layer());
         host_->mutable_projector().project(f, out, num_threads);
     }
 
 private:
     std::unique_ptr<mmca::encoder_projector_tower> host_;
     std::unique_ptr<qwen_vit<T>> vit_;
+    std::unique_ptr<clip_vit<T>> clip_;
     std::vector<float> features_;
 };
 
