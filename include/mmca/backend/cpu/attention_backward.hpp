@@ -96,6 +96,8 @@ struct backward_tile {
     group_lanes lanes[2];
     std::vector<std::int32_t> score_end;  // (ldm) one past the last key of a lane's softmax (not uniform)
                                           // groups: the keys that send gradient to its q (0 for none)
+    std::vector<std::int32_t> key_end;    // (ldm) one past the last key of any of a lane's groups (uniform
+                                          // ones too): the keys whose dK, dV the lane adds to (0 for none)
 };
 
 /// Scratch of one thread of the backward, reused across work items.
@@ -226,6 +228,7 @@ inline void attention_fused_backward(const attention_problem& p, tensor_ref<cons
             fill_lanes(w.lanes[g], w.ldm);
         }
         w.score_end.assign(static_cast<std::size_t>(w.ldm), 0);
+        w.key_end.assign(static_cast<std::size_t>(w.ldm), 0);
         for (std::int64_t m = 0; m < w.M; ++m) {
             const std::int64_t h = hk * G + m / R, i = active[b][tile.first + m % R];
             const row_plan& plan = plans[b][i];
@@ -240,9 +243,11 @@ inline void attention_fused_backward(const attention_problem& p, tensor_ref<cons
             for (int g = 0; g < 2; ++g) {
                 set_lane(w.lanes[g], m, plan.group[g]);
                 if (plan.group[g].empty()) continue;
-                if (!plan.group[g].uniform)
-                    for (int r = 0; r < plan.group[g].ranges; ++r)
-                        w.score_end[m] = std::max(w.score_end[m], plan.group[g].range[r].hi + 1);
+                for (int r = 0; r < plan.group[g].ranges; ++r) {
+                    const std::int32_t end = plan.group[g].range[r].hi + 1;
+                    w.key_end[m] = std::max(w.key_end[m], end);
+                    if (!plan.group[g].uniform) w.score_end[m] = std::max(w.score_end[m], end);
+                }
                 w.mx[g][m] = stats.row_max(b, h, i, g);
                 w.inv_sum[g][m] = 1.0f / stats.row_sum(b, h, i, g);
                 const float* og = stats.group_out.ptr(b, h, i, g);
@@ -266,6 +271,7 @@ inline void attention_fused_backward(const attention_problem& p, tensor_ref<cons
         backward_scratch& w = scratch[thread];
         w.acc_a.assign(static_cast<std::size_t>(pk.M * Dp), 0.0f);
         for (auto* buf : {&w.st, &w.dpt, &w.dst}) buf->resize(static_cast<std::size_t>(Bk * ld));
+        w.lane_keys.resize(static_cast<std::size_t>(ldm / packet_size));
         w.kv.bind(b, hk, seq.length, Bk, Dp);
         for (std::int32_t k0 = pk.hi < 0 ? 0 : (pk.lo / Bk) * Bk; k0 <= pk.hi; k0 += Bk) {
             const std::int32_t k1 = std::min(k0 + Bk, seq.length), n = k1 - k0;
@@ -274,7 +280,6 @@ inline void attention_fused_backward(const attention_problem& p, tensor_ref<cons
             // On a block that cuts through the tile (the causal diagonal, the edges of an image), each
             // packet of lanes works only up to the last key its softmax groups see, as in the forward.
             const bool cut = (use.used[0] && use.masked[0]) || (use.used[1] && use.masked[1]);
-            w.lane_keys.resize(static_cast<std::size_t>(ldm / packet_size));
             const std::int64_t* lane_keys =
                 cut ? packet_key_counts(pk.score_end.data(), ldm, k0, n, w.lane_keys.data()) : nullptr;
             std::int64_t ks = 0, vs = 0;
@@ -333,9 +338,15 @@ inline void attention_fused_backward(const attention_problem& p, tensor_ref<cons
             if (!use.any()) continue;
             const std::int64_t ldm = pk.ldm, ld = pk.ld;
             for (auto* buf : {&w.st, &w.dpt, &w.psum, &w.dst}) buf->resize(static_cast<std::size_t>(Bk * ld));
+            // On a cut block each packet of lanes stops at the last key any of its groups sees; psum and
+            // dS stay 0 past it, which is what accumulate_product reads there.
+            const bool cut = (use.used[0] && use.masked[0]) || (use.used[1] && use.masked[1]);
+            w.lane_keys.resize(static_cast<std::size_t>(ldm / packet_size));
+            const std::int64_t* lane_keys =
+                cut ? packet_key_counts(pk.key_end.data(), ldm, k0, n, w.lane_keys.data()) : nullptr;
             if (use.need_scores) {
-                scores_transposed(kb, ks, n, D, pk.qt.data(), ldm, w.st.data(), ld);
-                scores_transposed(vb, vs, n, D, pk.dot.data(), ldm, w.dpt.data(), ld);
+                scores_transposed(kb, ks, n, D, pk.qt.data(), ldm, w.st.data(), ld, lane_keys);
+                scores_transposed(vb, vs, n, D, pk.dot.data(), ldm, w.dpt.data(), ld, lane_keys);
                 std::fill(w.dst.begin(), w.dst.begin() + n * ld, 0.0f);
             } else {
                 std::fill(w.st.begin(), w.st.begin() + n * ld, 0.0f);
@@ -346,7 +357,7 @@ inline void attention_fused_backward(const attention_problem& p, tensor_ref<cons
                 accumulate_group_terms(w.st.data(), w.dpt.data(), w.psum.data(),
                                        use.need_scores ? w.dst.data() : nullptr, n, ldm, ld, use.masked[g],
                                        pk.lanes[g], seq, k0, pk.mx[g].data(), pk.inv_sum[g].data(),
-                                       pk.delta[g].data());
+                                       pk.delta[g].data(), lane_keys);
             }
             accumulate_product(w.psum.data(), ld, n, pk.M, pk.dorows.data(), pk.ldr, Dp, w.acc_b.data(), Dp);
             if (use.need_scores)
