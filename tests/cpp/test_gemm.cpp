@@ -5,6 +5,8 @@
 // edge tiles in both dimensions (N not a multiple of 6, out not a multiple of 16), several K blocks
 // (in > 256, not a multiple of the block), every weight dtype, bias or not, 1 and 2 threads (bitwise
 // equal), and the N thresholds around the matrix-vector / GEMM switch.
+#include "dtype_test_util.hpp"
+
 #include "mmca/nn/detail/gemm_kernel.hpp"
 #include "mmca/nn/linear.hpp"
 
@@ -25,13 +27,6 @@ std::vector<float> random_floats(std::size_t n, unsigned seed, float scale = 1.0
     std::vector<float> v(n);
     for (auto& x : v) x = dist(gen);
     return v;
-}
-
-template <class T>
-std::vector<T> narrow(const std::vector<float>& v) {
-    std::vector<T> out(v.size());
-    for (std::size_t i = 0; i < v.size(); ++i) out[i] = T(v[i]);
-    return out;
 }
 
 template <class T>
@@ -57,7 +52,7 @@ void check_shape(std::int64_t N, std::int64_t in, std::int64_t out, bool with_bi
     SCOPED_TRACE(std::string(dtype_name<T>()) + " N=" + std::to_string(N) + " in=" + std::to_string(in) +
                  " out=" + std::to_string(out) + (with_bias ? " bias" : ""));
     const auto x = random_floats(static_cast<std::size_t>(N * in), seed);
-    const std::vector<T> w = narrow<T>(random_floats(static_cast<std::size_t>(out * in), seed + 1, 0.2f));
+    const std::vector<T> w = mmca_test::narrow<T>(random_floats(static_cast<std::size_t>(out * in), seed + 1, 0.2f));
     const auto b = random_floats(static_cast<std::size_t>(out), seed + 2);
     const float* bias = with_bias ? b.data() : nullptr;
     const auto wm = mmca::nn::make_matrix(w.data(), out, in);
@@ -125,7 +120,7 @@ TEST(Gemm, RowsDoNotDependOnTheOtherRows) {
     // A row's result is the same whatever the batch around it (and whichever tile it falls in).
     const std::int64_t N = 41, in = 530, out = 77;
     const auto x = random_floats(static_cast<std::size_t>(N * in), 21);
-    const auto w = narrow<mmca::bfloat16>(random_floats(static_cast<std::size_t>(out * in), 22, 0.2f));
+    const auto w = mmca_test::narrow<mmca::bfloat16>(random_floats(static_cast<std::size_t>(out * in), 22, 0.2f));
     const auto b = random_floats(static_cast<std::size_t>(out), 23);
     const auto wm = mmca::nn::make_matrix(w.data(), out, in);
     const auto all = run_linear(x, N, in, wm, b.data(), 2);

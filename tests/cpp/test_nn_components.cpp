@@ -2,6 +2,8 @@
 // definitions: Linear (every storage dtype, matrix-vector and GEMM paths, bias, strided rows),
 // RMSNorm, RoPE (HF rotate-half pairing, linear and dynamic-NTK scaling), SwiGLU, embedding, and
 // the gated cross-attention block.
+#include "dtype_test_util.hpp"
+
 #include "mmca/nn/cross_attention.hpp"
 #include "mmca/nn/embedding.hpp"
 #include "mmca/nn/linear.hpp"
@@ -35,18 +37,11 @@ double max_rel(const std::vector<float>& a, const std::vector<double>& b) {
 }
 
 template <class T>
-std::vector<T> narrow(const std::vector<float>& v) {
-    std::vector<T> out(v.size());
-    for (std::size_t i = 0; i < v.size(); ++i) out[i] = T(v[i]);
-    return out;
-}
-
-template <class T>
 void check_linear(std::int64_t N, std::int64_t in, std::int64_t out, bool bias, int threads) {
     const auto x = randn(static_cast<std::size_t>(N * in), 1);
     const auto wf = randn(static_cast<std::size_t>(out * in), 2, 0.1f);
     const auto b = randn(static_cast<std::size_t>(out), 3);
-    const std::vector<T> w = narrow<T>(wf);
+    const std::vector<T> w = mmca_test::narrow<T>(wf);
     // Oracle: the stored (rounded) weights in float64.
     std::vector<double> ref(static_cast<std::size_t>(N * out));
     for (std::int64_t n = 0; n < N; ++n)
@@ -188,7 +183,7 @@ TEST(NnSwiGlu, MatchesDefinition) {
 TEST(NnEmbedding, RowsWidenedAndIdsChecked) {
     const std::int64_t V = 7, H = 5;
     auto t = randn(static_cast<std::size_t>(V * H), 13);
-    auto tb = narrow<mmca::bfloat16>(t);
+    auto tb = mmca_test::narrow<mmca::bfloat16>(t);
     const std::int32_t ids[] = {3, 0, 6, 3};
     std::vector<float> out(4 * H);
     mmca::nn::embedding_forward(ids, 4, mmca::nn::make_matrix(tb.data(), V, H), mmca::tensor_ref<float, 2>(out.data(), {4, H}));
