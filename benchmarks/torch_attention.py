@@ -14,9 +14,11 @@ Torch methods:
 
 mmca side: the fused kernel's `causal` (compared with sdpa), `mmca` and `mmca_reference` (compared
 with two_softmax, which computes mmca_reference's rows), taken from the bench_attention binary run on
-the same shapes in this invocation.
+the same shapes in this invocation. The two sides take turns, one (thread count, S) at a time: mmca's
+cases of that shape, then torch's, so that both sides of a ratio run within the same minute or two
+of a machine whose speed drifts by ±20% over a run of this script.
 
-Torch runs in a subprocess per thread count whose environment has OPENBLAS_CORETYPE and
+Torch runs in a subprocess per (thread count, S) whose environment has OPENBLAS_CORETYPE and
 OPENBLAS_L2_SIZE removed (they slow OpenBLAS down on this machine) and OMP/OPENBLAS/MKL thread counts
 pinned; torch.set_num_threads is set as well.
 
@@ -158,7 +160,7 @@ def loaded_blas():
     return ", ".join(real) if real else "none found"
 
 
-def run_torch(args, threads):
+def run_torch(args, threads, seq_lens):
     env = dict(os.environ)
     env.pop("OPENBLAS_CORETYPE", None)
     env.pop("OPENBLAS_L2_SIZE", None)
@@ -171,7 +173,7 @@ def run_torch(args, threads):
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = str(threads)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker-threads", str(threads),
-           "--seq-lens", ",".join(map(str, args.seq_lens)), "--layouts", ",".join(args.layouts),
+           "--seq-lens", ",".join(map(str, seq_lens)), "--layouts", ",".join(args.layouts),
            "--repeats", str(args.repeats), "--min-time", str(args.min_time)]
     out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out)
@@ -405,13 +407,17 @@ def main():
     bench = find_bench(args.bench)
     load_before = os.getloadavg()
     print("mmca: %s (filter %s)" % (bench, mmca_filter(args.seq_lens, args.threads, args.layouts)), file=sys.stderr)
-    mmca_entries, context = run_bench(bench, mmca_filter(args.seq_lens, args.threads, args.layouts),
-                                      args.bench_repetitions)
-    torch_runs = []
+    mmca_entries, context, runs = [], {}, {}
     for threads in args.threads:
-        print("torch: %d thread(s), S %s" % (threads, args.seq_lens), file=sys.stderr)
-        torch_runs.append(run_torch(args, threads))
-        print("torch %s, BLAS: %s" % (torch_runs[-1]["torch"], torch_runs[-1]["blas"]), file=sys.stderr)
+        for S in args.seq_lens:  # the two sides take turns, shape by shape
+            entries, context = run_bench(bench, mmca_filter([S], [threads], args.layouts), args.bench_repetitions)
+            mmca_entries += entries
+            print("torch: %d thread(s), S %d" % (threads, S), file=sys.stderr)
+            run = run_torch(args, threads, [S])
+            runs.setdefault(threads, dict(run, results=[]))["results"] += run["results"]
+    torch_runs = list(runs.values())
+    for run in torch_runs:
+        print("torch %s, %d thread(s), BLAS: %s" % (run["torch"], run["threads"], run["blas"]), file=sys.stderr)
     load_after = os.getloadavg()
 
     rows = comparison_rows(torch_runs, mmca_entries)
