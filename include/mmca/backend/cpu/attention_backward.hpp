@@ -279,7 +279,7 @@ inline void attention_fused_backward(const attention_problem& p, tensor_ref<cons
             if (!use.need_scores) continue;  // only softmax groups send gradient to Q
             // On a block that cuts through the tile (the causal diagonal, the edges of an image), each
             // packet of lanes works only up to the last key its softmax groups see, as in the forward.
-            const bool cut = (use.used[0] && use.masked[0]) || (use.used[1] && use.masked[1]);
+            const bool cut = use.cut();
             const std::int64_t* lane_keys =
                 cut ? packet_key_counts(pk.score_end.data(), ldm, k0, n, w.lane_keys.data()) : nullptr;
             std::int64_t ks = 0, vs = 0;
@@ -340,7 +340,7 @@ inline void attention_fused_backward(const attention_problem& p, tensor_ref<cons
             for (auto* buf : {&w.st, &w.dpt, &w.psum, &w.dst}) buf->resize(static_cast<std::size_t>(Bk * ld));
             // On a cut block each packet of lanes stops at the last key any of its groups sees; psum and
             // dS stay 0 past it, which is what accumulate_product reads there.
-            const bool cut = (use.used[0] && use.masked[0]) || (use.used[1] && use.masked[1]);
+            const bool cut = use.cut();
             w.lane_keys.resize(static_cast<std::size_t>(ldm / packet_size));
             const std::int64_t* lane_keys =
                 cut ? packet_key_counts(pk.key_end.data(), ldm, k0, n, w.lane_keys.data()) : nullptr;

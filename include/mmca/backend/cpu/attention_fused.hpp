@@ -418,6 +418,9 @@ struct block_use {
     bool masked[2] = {false, false};
     bool need_scores = false;
     bool any() const { return used[0] || used[1]; }
+    /// True when some used group does not see the whole block: the block cuts through the tile's
+    /// rows (the causal diagonal, the edge of an image), and rows see different key counts of it.
+    bool cut() const { return (used[0] && masked[0]) || (used[1] && masked[1]); }
 };
 
 inline block_use classify_block(const fused_plan& f, const tile_desc& tile, std::int32_t k0, std::int32_t k1,
@@ -850,7 +853,7 @@ inline void decode_softmax(const float* st, float* const* pt, std::int64_t k0, s
     const std::int64_t np = round_up(n, packet_size);
     const packet neg_inf = pset1<packet>(-std::numeric_limits<float>::infinity());
     const packet zero = pset1<packet>(0.0f);
-    const bool any_masked = (use.used[0] && use.masked[0]) || (use.used[1] && use.masked[1]);
+    const bool any_masked = use.cut();
     float* pos = w.block_max.data();
     float* type = pos + Bk;
     float* id = type + Bk;
@@ -1168,7 +1171,7 @@ void attention_fused_forward(const attention_problem& p, tensor_ref<const float,
 
             // On a block that cuts through the tile's rows (the diagonal of a causal tile), each packet of
             // lanes works only on the keys up to the last one any of its lanes sees.
-            const bool cut = (used[0] && masked[0]) || (used[1] && masked[1]);
+            const bool cut = use.cut();
             const std::int64_t* lane_keys = cut ? packet_key_counts(w.lane_end.data(), ldm, k0, n, w.lane_keys.data())
                                                 : nullptr;
             std::int64_t ks = 0, vs = 0;
