@@ -112,7 +112,7 @@ def run_stage(stage, args, bench):
             data = json.load(f)
         os.remove(tmp)
     else:
-        reps = args.repetitions if stage in ("peak", "decode") else 1
+        reps = args.repetitions if stage in ("peak", "prefill", "decode") else 1
         entries, context = ta.run_bench(bench, stage_filter(stage, args.seq_lens, args.threads), reps)
         data = {"entries": entries, "context": {k: context.get(k) for k in ("date", "host_name", "num_cpus",
                                                                            "mhz_per_cpu", "library_build_type")}}
@@ -406,7 +406,7 @@ def main():
     ap.add_argument("--seq-lens", type=ta.int_list, default=[512, 1024, 2048, 4096])
     ap.add_argument("--threads", type=ta.int_list, default=[1, 2])
     ap.add_argument("--repetitions", type=int, default=3,
-                    help="bench_attention repetitions (median) for the peak and decode cases and for the mmca "
+                    help="bench_attention repetitions (median) for the peak, prefill and decode cases and for the mmca "
                          "side of the torch comparison (default 3)")
     ap.add_argument("--torch-repeats", type=int, default=3, help="torch calls per case (median; default 3)")
     ap.add_argument("--torch-min-time", type=float, default=12.0,
