@@ -89,6 +89,11 @@ std::vector<fused_case> fused_cases() {
          {pk::interleaved, pk::consecutive_images}, true, 0.0f, 1.0f, 40},
         {"decode_Lk900_D37_odd_head_dim", 1, 4, 2, 37, 1, 900, {}, {}, {pk::leading_image}, true, 0.0f, 1.0f, 41},
         {"decode_Lk800_D36_one_row_padded", 1, 2, 2, 36, 1, 800, {}, {}, {pk::interleaved}, true, 0.0f, 1.0f, 42},
+        // Long decode tiles (key blocks of 512: 5 and 18 blocks), sharper scores: 8 rows widening each
+        // K/V row once (GQA 8:1), and one row reading K/V in place.
+        {"decode_Lk2100_gqa81_five_blocks", 1, 8, 1, 64, 1, 2100, {}, {}, {pk::interleaved}, true, 1.0f, 2.0f, 43},
+        {"decode_Lk9000_D32_one_row_18_blocks", 2, 2, 2, 32, 1, 9000, {9000, 8500}, {1, 1},
+         {pk::consecutive_images, pk::interleaved}, true, 1.0f, 2.0f, 44},
         {"Lq8_Lk1100_small_tile_three_blocks", 1, 2, 2, 64, 8, 1100, {}, {}, {pk::interleaved}, true, 0.0f, 1.0f, 29},
         {"L200_sharp_scores_scale1", 1, 2, 2, 64, 200, 200, {}, {}, {pk::interleaved}, true, 1.0f, 2.0f, 30},
         {"B2_second_sequence_empty", 2, 2, 1, 64, 20, 20, {20, 0}, {20, 0}, {pk::interleaved, pk::text_only}, true,
@@ -208,7 +213,8 @@ std::vector<fused_case> storage_cases() {
         if (c.name == "L33_D104_gqa42_two_lengths" || c.name == "L70_D128_gqa81_interleaved" ||
             c.name == "Lk150_Lq40_suffix_queries" || c.name == "decode_Lk700_two_key_blocks" ||
             c.name == "L60_interior_pad" || c.name == "decode_Lk1300_D80_one_row_three_blocks" ||
-            c.name == "decode_Lk900_D37_odd_head_dim" || c.name == "decode_Lk800_D36_one_row_padded")
+            c.name == "decode_Lk900_D37_odd_head_dim" || c.name == "decode_Lk800_D36_one_row_padded" ||
+            c.name == "decode_Lk2100_gqa81_five_blocks" || c.name == "decode_Lk9000_D32_one_row_18_blocks")
             picked.push_back(c);
     return picked;
 }
