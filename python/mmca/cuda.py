@@ -15,8 +15,8 @@ the statistics on q's device and runs on PyTorch's current stream; its backward 
 backward.
 
 Models on the GPU, with numpy arrays on the host in and out as for their CPU counterparts:
-:class:`LlamaModel` (the decoder) and :class:`VisualChatModel` (decoder and vision encoder, QWen-VL
-or CLIP, on the device).
+:class:`LlamaModel` (the decoder), :class:`VisualChatModel` (decoder and vision encoder, QWen-VL
+or CLIP, on the device), and the vision encoders alone, :class:`QwenViT` and :class:`ClipViT`.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import numpy as np
 
 try:
     from . import _cuda
-    from ._cuda import CudaError, LlamaModel, VisualChatModel, available, device, synchronize
+    from ._cuda import ClipViT, CudaError, LlamaModel, QwenViT, VisualChatModel, available, device, synchronize
 except ImportError as error:  # pragma: no cover - depends on the build
     raise ImportError("mmca.cuda: this mmca was built without CUDA (configure with -DMMCA_ENABLE_CUDA=ON "
                       "on a machine with nvcc)") from error
@@ -72,8 +72,8 @@ def attention_backward(q, k, v, dout, row_max, row_sum, group_out, dq, dk, dv, t
                              image_ids=t["image_ids"], policy=policy, scale=scale, kv_lens=t["kv_lens"],
                              q_lens=t["q_lens"], stream=stream)
 
-__all__ = ["CudaError", "LlamaModel", "VisualChatModel", "attention", "attention_backward", "attention_torch",
-           "available", "device", "synchronize"]
+__all__ = ["ClipViT", "CudaError", "LlamaModel", "QwenViT", "VisualChatModel", "attention", "attention_backward",
+           "attention_torch", "available", "device", "synchronize"]
 
 _function = None
 

@@ -7,9 +7,12 @@
 // read through the buffer protocol; mmca/cuda.py converts other integer arrays and lists first).
 // Calls are asynchronous on
 // `stream` (an int cudaStream_t; 0: the legacy default stream, which torch's default stream is);
-// errors in the arguments raise before anything is launched. Built only when CUDA is enabled.
+// errors in the arguments raise before anything is launched. The models (LlamaModel, VisualChatModel)
+// and the vision encoders (QwenViT, ClipViT) take and return host numpy arrays as their CPU
+// counterparts do. Built only when CUDA is enabled.
 #include "array_args.hpp"
 #include "llama_binding.hpp"
+#include "vision_args.hpp"
 #include "visual_chat_binding.hpp"
 
 #include "mmca/backend/cuda/library.hpp"
@@ -282,6 +285,65 @@ std::unique_ptr<cuda_visual_chat_object> make_cuda_visual_chat(
     return std::make_unique<cuda_visual_chat_object>(mmca::cuda::lib::load_visual_chat_model(path, load, type));
 }
 
+// ---- the vision encoders on the GPU -------------------------------------------------------------------
+
+/// mmca.cuda.QwenViT / mmca.cuda.ClipViT: a device encoder (one call at a time under the mutex).
+template <class Encoder>
+struct cuda_encoder_object {
+    Encoder encoder;
+    std::mutex mutex;
+};
+using cuda_qwen_object = cuda_encoder_object<mmca::cuda::lib::qwen_vit>;
+using cuda_clip_object = cuda_encoder_object<mmca::cuda::lib::clip_vit>;
+
+std::unique_ptr<cuda_qwen_object> make_cuda_qwen(const std::string& path, const std::string& prefix,
+                                                 const std::string& dtype, std::int64_t image_size, std::int64_t heads,
+                                                 std::int64_t pool_heads, double eps) {
+    constexpr const char* where = "mmca.cuda.QwenViT";
+    const element type = element_of_dtype(where, dtype);
+    const mmca::vision::qwen_vit host = load_qwen_vit_arg(where, path, prefix, image_size, heads, pool_heads, eps);
+    py::gil_scoped_release release;
+    return std::unique_ptr<cuda_qwen_object>(new cuda_qwen_object{mmca::cuda::lib::qwen_vit(host, type), {}});
+}
+
+std::unique_ptr<cuda_clip_object> make_cuda_clip(const std::string& path, const std::string& prefix,
+                                                 const std::string& dtype, py::handle config) {
+    constexpr const char* where = "mmca.cuda.ClipViT";
+    const element type = element_of_dtype(where, dtype);
+    const mmca::vision::clip_vit host = load_clip_vit_arg(where, path, prefix, config);
+    py::gil_scoped_release release;
+    return std::unique_ptr<cuda_clip_object>(new cuda_clip_object{mmca::cuda::lib::clip_vit(host, type), {}});
+}
+
+py::array cuda_qwen_encode(cuda_qwen_object& self, py::handle images, py::object out) {
+    constexpr const char* where = "mmca.cuda.QwenViT.encode";
+    const auto& c = self.encoder.config();
+    py::array a = checked_images(where, images, 3, c.image_size);
+    py::array o = output_array(where, std::move(out), {a.shape(0), c.queries, c.output_dim}, "(N, Q, E)");
+    require_no_overlap(where, o, a, "images");
+    const auto in = tensor_view<const float, 4>(a);
+    const auto res = tensor_view<float, 3>(o);
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(self.mutex);
+    self.encoder.encode(in, res);
+    return o;
+}
+
+py::array cuda_clip_encode(cuda_clip_object& self, py::handle images, const std::string& output, py::object out) {
+    constexpr const char* where = "mmca.cuda.ClipViT.encode";
+    const auto which = rethrow_as(where, [&] { return mmca::vision::parse_clip_output(output); });
+    const auto& c = self.encoder.config();
+    py::array a = checked_images(where, images, c.num_channels, c.image_size);
+    py::array o = output_array(where, std::move(out), {a.shape(0), c.tokens(), c.hidden_size}, "(N, 1 + G², W)");
+    require_no_overlap(where, o, a, "images");
+    const auto in = tensor_view<const float, 4>(a);
+    const auto res = tensor_view<float, 3>(o);
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(self.mutex);
+    self.encoder.encode(in, res, which);
+    return o;
+}
+
 }  // namespace
 }  // namespace mmca::python
 
@@ -312,6 +374,65 @@ PYBIND11_MODULE(_cuda, m) {
           py::arg("variant"), py::kw_only(), py::arg("image_ids") = py::none(), py::arg("policy") = py::none(),
           py::arg("scale") = py::none(), py::arg("kv_lens") = py::none(), py::arg("q_lens") = py::none(),
           py::arg("stream") = 0);
+
+    py::class_<cuda_qwen_object>(m, "QwenViT", R"doc(
+The QWen-VL vision encoder on the GPU: mmca.QwenViT's encoder (same checkpoint, options and shapes)
+with its weights and activations in device memory of `dtype`. Images and features are numpy float32
+arrays on the host, exactly as for mmca.QwenViT.
+
+Parameters
+----------
+path, prefix, image_size, heads, pool_heads, eps
+    As for mmca.QwenViT.
+dtype : {'float32', 'float16', 'bfloat16'}
+    Element type of the weights and activations on the device (GEMMs and LayerNorm statistics
+    accumulate in float32).
+)doc")
+        .def(py::init(&make_cuda_qwen), py::arg("path"), py::arg("prefix") = "vis_encoder.", py::kw_only(),
+             py::arg("dtype") = "float32", py::arg("image_size") = 448, py::arg("heads") = 16,
+             py::arg("pool_heads") = 0, py::arg("eps") = 1e-6)
+        .def_property_readonly("config", [](const cuda_qwen_object& s) { return qwen_config_dict(s.encoder.config()); },
+                               "The encoder's shape as a dict (as mmca.QwenViT.config).")
+        .def_property_readonly("image_size", [](const cuda_qwen_object& s) { return s.encoder.config().image_size; },
+                               "Input side S in pixels.")
+        .def_property_readonly("output_shape", [](const cuda_qwen_object& s) {
+                return py::make_tuple(s.encoder.config().queries, s.encoder.config().output_dim);
+            }, "(Q, E): the features of one image.")
+        .def_property_readonly("dtype", [](const cuda_qwen_object& s) {
+                return std::string(mmca::cuda::lib::to_string(s.encoder.type()));
+            }, "Element type on the device.")
+        .def("encode", &cuda_qwen_encode, py::arg("images"), py::kw_only(), py::arg("out") = py::none(),
+             "Encodes preprocessed images (N, 3, S, S) float32 into features (N, Q, E) float32 (returned, or "
+             "written to `out`), at most 8 images at a time on the device. Returns when the features are on "
+             "the host.");
+
+    py::class_<cuda_clip_object>(m, "ClipViT", R"doc(
+The CLIP vision tower on the GPU: mmca.ClipViT's tower (same checkpoint, config and outputs) with its
+weights and activations in device memory of `dtype`. Images and hidden states are numpy float32
+arrays on the host, exactly as for mmca.ClipViT.
+
+Parameters
+----------
+path, prefix, config
+    As for mmca.ClipViT.
+dtype : {'float32', 'float16', 'bfloat16'}
+    Element type of the weights and activations on the device (GEMMs and LayerNorm statistics
+    accumulate in float32).
+)doc")
+        .def(py::init(&make_cuda_clip), py::arg("path"), py::arg("prefix") = "vision_model.", py::kw_only(),
+             py::arg("dtype") = "float32", py::arg("config") = py::none())
+        .def_property_readonly("config", [](const cuda_clip_object& s) { return clip_config_dict(s.encoder.config()); },
+                               "The tower's config as a dict (as mmca.ClipViT.config).")
+        .def_property_readonly("image_size", [](const cuda_clip_object& s) { return s.encoder.config().image_size; },
+                               "Input side S in pixels.")
+        .def_property_readonly("dtype", [](const cuda_clip_object& s) {
+                return std::string(mmca::cuda::lib::to_string(s.encoder.type()));
+            }, "Element type on the device.")
+        .def("encode", &cuda_clip_encode, py::arg("images"), py::arg("output") = "last_hidden_state", py::kw_only(),
+             py::arg("out") = py::none(),
+             "Encodes preprocessed images (N, C, S, S) float32 into hidden state `output` ('last_hidden_state' "
+             "or 'penultimate', as mmca.ClipViT.encode), (N, 1 + (S/P)², W) float32 (returned, or written to "
+             "`out`), at most 8 images at a time on the device.");
 
     py::class_<cuda_llama_object> llama_class(m, "LlamaModel", R"doc(
 The LLaMa-2 decoder on the GPU: the layer code of mmca.LlamaModel over cuBLAS and mmca's CUDA

@@ -280,3 +280,40 @@ def test_visual_chat_model_runs_a_clip_encoder_on_the_device(tmp_path):
         np.testing.assert_allclose(got["logits"], want["logits"], atol=1e-4 * np.abs(want["logits"]).max())
         low = cuda.VisualChatModel(path, batch=2, dtype="bfloat16", **kw).forward(ids, images)
         np.testing.assert_allclose(low["logits"], want["logits"], atol=6e-2 * np.abs(want["logits"]).max())
+
+
+def test_vision_encoders_match_the_cpu_encoders(tmp_path):
+    """mmca.cuda.QwenViT / ClipViT against mmca.QwenViT / ClipViT on the same checkpoints: 9 images
+    (more than one device batch of 8), float32 within 1e-4 of the largest value, float16 and
+    bfloat16 within their storage precision; out= is written in place; bad images name the argument."""
+    mmca = pytest.importorskip("mmca")
+    if not hasattr(mmca, "QwenViT"):
+        pytest.skip("the CPU module is not built")
+    from test_vision_bindings import S, clip_tensors, qwen_tensors, write_safetensors
+    rng = np.random.default_rng(11)
+    qpath = write_safetensors(tmp_path / "q.safetensors", qwen_tensors(rng, layers=2))
+    cpath = write_safetensors(tmp_path / "c.safetensors", clip_tensors(rng, width=128, inter=64, layers=2, size=42))
+    images = rng.uniform(-1, 1, (9, 3, S, S)).astype(np.float32)
+    clip_images = rng.uniform(-1, 1, (9, 3, 42, 42)).astype(np.float32)
+    kw = dict(image_size=S, heads=2, pool_heads=2)
+    want = mmca.QwenViT(qpath, num_threads=1, **kw).encode(images)
+    cpu_clip = mmca.ClipViT(cpath, num_threads=1)
+    for dtype, tol in (("float32", 1e-4), ("float16", 1e-2), ("bfloat16", 6e-2)):
+        q = cuda.QwenViT(qpath, dtype=dtype, **kw)
+        assert q.dtype == dtype and q.output_shape == want.shape[1:] and q.config["layers"] == 2
+        np.testing.assert_allclose(q.encode(images), want, rtol=0, atol=tol * np.abs(want).max())
+        c = cuda.ClipViT(cpath, dtype=dtype)
+        assert c.config == cpu_clip.config
+        for output in ("last_hidden_state", "penultimate"):
+            ref = cpu_clip.encode(clip_images, output)
+            np.testing.assert_allclose(c.encode(clip_images, output), ref, rtol=0, atol=tol * np.abs(ref).max())
+    q = cuda.QwenViT(qpath, **kw)
+    out = np.full(want.shape, np.nan, np.float32)
+    assert q.encode(images, out=out) is out
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    with pytest.raises(ValueError, match=r"images.*\(N, 3, 28, 28\)"):
+        q.encode(np.zeros((1, 3, 42, 42), np.float32))
+    with pytest.raises(TypeError, match="images"):
+        q.encode(images.astype(np.float64))
+    with pytest.raises(ValueError, match="output.*pooled"):
+        cuda.ClipViT(cpath).encode(clip_images, "pooled")

@@ -1,7 +1,7 @@
-"""mmca.cuda on a machine without a usable GPU: the arguments of the CUDA decoder and of the CUDA
-visual-chat model are still checked, and constructing either raises mmca.cuda.CudaError naming the missing device instead of failing inside
-cuBLAS. Skipped where mmca was built without CUDA, or where a GPU is present (test_cuda.py runs
-there)."""
+"""mmca.cuda on a machine without a usable GPU: the arguments of the CUDA decoder, the CUDA
+visual-chat model and the CUDA vision encoders are still checked, and constructing any of them
+raises mmca.cuda.CudaError naming the missing device instead of failing inside cuBLAS. Skipped
+where mmca was built without CUDA, or where a GPU is present (test_cuda.py runs there)."""
 import importlib
 import json
 
@@ -63,3 +63,25 @@ def test_visual_chat_model_without_a_device_is_a_cuda_error(tmp_path):
         cuda.VisualChatModel(path, image_order="sideways", **kw)
     with pytest.raises(cuda.CudaError, match="no (usable )?CUDA device"):
         cuda.VisualChatModel(path, dtype="bfloat16", **kw)
+
+
+def test_vision_encoders_check_arguments_then_need_a_device(tmp_path):
+    from test_vision_bindings import S, clip_tensors, qwen_tensors, write_safetensors
+    rng = np.random.default_rng(0)
+    qpath = write_safetensors(tmp_path / "q.safetensors", qwen_tensors(rng, layers=1))
+    cpath = write_safetensors(tmp_path / "c.safetensors", clip_tensors(rng, width=128, inter=64, size=42))
+    kw = dict(image_size=S, heads=2, pool_heads=2)
+    with pytest.raises(ValueError, match="'dtype'.*'float64'"):
+        cuda.QwenViT(qpath, dtype="float64", **kw)
+    with pytest.raises(ValueError, match="'image_size'.*-1"):
+        cuda.QwenViT(qpath, image_size=-1)
+    with pytest.raises(ValueError, match="'path'.*missing"):
+        cuda.QwenViT(str(tmp_path / "missing"), **kw)
+    with pytest.raises(ValueError, match="'dtype'"):
+        cuda.ClipViT(cpath, dtype="int8")
+    with pytest.raises(TypeError, match="config"):
+        cuda.ClipViT(cpath, config=3)
+    with pytest.raises(cuda.CudaError, match="no (usable )?CUDA device"):
+        cuda.QwenViT(qpath, dtype="bfloat16", **kw)
+    with pytest.raises(cuda.CudaError, match="no (usable )?CUDA device"):
+        cuda.ClipViT(cpath)

@@ -5,6 +5,7 @@
 //   * mmca::cuda::clip_vit<S> against mmca::vision::clip_vit (both outputs, more images than one
 //     device batch), and mmca::cuda::encoder_projector_tower<S> with a CLIP encoder against the
 //     host tower;
+//   * the compiled library's mmca::cuda::lib::qwen_vit / clip_vit in every element type;
 //   * mmca::cuda::visual_chat_model<S> (GPU encoder + GPU decoder) against mmca::visual_chat_model
 //     on one checkpoint: a batch forward with its loss, two greedy chat rounds with images, one
 //     more append.
@@ -18,6 +19,7 @@
 #include "cuda_vision_support.hpp"
 #include "test_llama_util.hpp"
 
+#include "mmca/backend/cuda/library.hpp"
 #include "mmca/core/dtype.hpp"
 #include "mmca/model/visual_chat_loader.hpp"
 #include "mmca/nn/dense_attention.hpp"
@@ -30,6 +32,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace mmca_cuda_test {
@@ -321,6 +324,60 @@ TEST(CudaEncoderProjectorTower, ClipEncoderRunsOnTheDeviceAndMatchesTheHostTower
     EXPECT_LE(norm_error(got, want), 1e-4);
     const auto half = cuda_tower_embed<mmca::bfloat16>(random_clip_tower(11), images, n, &on_device);
     EXPECT_LE(norm_error(half, want), 6e-2);
+}
+
+// The compiled library's encoders (mmca::cuda::lib::qwen_vit / clip_vit, element type chosen at
+// run time) against the CPU encoders, with the templates' tolerances.
+TEST(CudaLibraryEncoders, QwenAndClipMatchCpuInEveryElementType) {
+    MMCA_REQUIRE_GPU();
+    using mmca::cuda::lib::element;
+    const auto parts = mmca::load_visual_chat_parts(write_checkpoint(), load_options(mmca::attention_variant::mmca));
+    ASSERT_TRUE(parts.tower->qwen().has_value());
+    const mmca::vision::qwen_vit& vit = *parts.tower->qwen();
+    const auto& qc = vit.config();
+    const auto images = script_images(kS);
+    std::vector<float> want(static_cast<std::size_t>(3 * qc.queries * qc.output_dim));
+    vit.encode(tensor_ref<const float, 4>(images.data(), {3, 3, kS, kS}),
+               tensor_ref<float, 3>(want.data(), {3, qc.queries, qc.output_dim}), 1);
+
+    const mmca::vision::clip_vit clip = random_clip(7);
+    const auto& cc = clip.config();
+    constexpr std::int64_t n = 9;
+    const auto pixels = random_pixels(n, kClipSize, 8);
+    std::vector<float> want_clip(static_cast<std::size_t>(n * cc.tokens() * cc.hidden_size));
+    clip.encode(tensor_ref<const float, 4>(pixels.data(), {n, 3, kClipSize, kClipSize}),
+                tensor_ref<float, 3>(want_clip.data(), {n, cc.tokens(), cc.hidden_size}),
+                mmca::vision::clip_output::penultimate, 1);
+
+    for (auto [type, tol] : {std::pair{element::float32, 1e-4}, std::pair{element::float16, 1e-2},
+                             std::pair{element::bfloat16, 6e-2}}) {
+        mmca::cuda::lib::qwen_vit lib_vit(vit, type);
+        EXPECT_EQ(lib_vit.type(), type);
+        EXPECT_EQ(lib_vit.config().queries, qc.queries);
+        std::vector<float> got(want.size());
+        lib_vit.encode(tensor_ref<const float, 4>(images.data(), {3, 3, kS, kS}),
+                       tensor_ref<float, 3>(got.data(), {3, qc.queries, qc.output_dim}));
+        EXPECT_LE(norm_error(got, want), tol) << mmca::cuda::lib::to_string(type);
+
+        mmca::cuda::lib::clip_vit lib_clip(clip, type);
+        std::vector<float> got_clip(want_clip.size());
+        lib_clip.encode(tensor_ref<const float, 4>(pixels.data(), {n, 3, kClipSize, kClipSize}),
+                        tensor_ref<float, 3>(got_clip.data(), {n, cc.tokens(), cc.hidden_size}),
+                        mmca::vision::clip_output::penultimate);
+        EXPECT_LE(norm_error(got_clip, want_clip), tol) << mmca::cuda::lib::to_string(type);
+    }
+}
+
+// Runs without a GPU: the element type is checked before any device work.
+TEST(CudaLibraryEncoders, UnknownElementTypeNamesTheArgument) {
+    const mmca::vision::clip_vit clip = random_clip(7);
+    try {
+        mmca::cuda::lib::clip_vit lib_clip(clip, static_cast<mmca::cuda::lib::element>(9));
+        FAIL() << "no error";
+    } catch (const mmca::invalid_argument& e) {
+        EXPECT_EQ(e.argument(), "type") << e.what();
+        EXPECT_NE(std::string(e.what()).find("float32, float16 or bfloat16"), std::string::npos) << e.what();
+    }
 }
 
 template <class S>

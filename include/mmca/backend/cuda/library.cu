@@ -9,6 +9,7 @@
 #include "mmca/backend/cuda/vision.cuh"
 #include "mmca/core/error.hpp"
 
+#include <memory>
 #include <string>
 #include <utility>
 #include <variant>
@@ -189,6 +190,67 @@ void llama_model::forward_tokens(tensor_ref<const std::int32_t, 2> ids, tensor_r
 }
 void llama_model::embed(const std::int32_t* ids, std::int64_t n, tensor_ref<float, 2> out) const {
     impl_->visit([&](const auto& m) { m.embed(ids, n, out); });
+}
+
+// ---- the vision encoders ---------------------------------------------------------------------------
+
+struct qwen_vit::impl {
+    std::variant<std::unique_ptr<mmca::cuda::qwen_vit<float>>, std::unique_ptr<mmca::cuda::qwen_vit<float16>>,
+                 std::unique_ptr<mmca::cuda::qwen_vit<bfloat16>>>
+        encoder;
+    element type;
+};
+
+struct clip_vit::impl {
+    std::variant<std::unique_ptr<mmca::cuda::clip_vit<float>>, std::unique_ptr<mmca::cuda::clip_vit<float16>>,
+                 std::unique_ptr<mmca::cuda::clip_vit<bfloat16>>>
+        encoder;
+    element type;
+};
+
+namespace {
+
+/// A new Impl whose encoder (a variant over Encoder of the three element types) is built from
+/// `host` as `type`; CUDA failures become lib::runtime_error.
+template <class Impl, template <class> class Encoder, class Host>
+std::unique_ptr<Impl> make_encoder_impl(const char* where, const Host& host, element type) {
+    return translated([&] {
+        switch (type) {
+            case element::float32: return std::unique_ptr<Impl>(new Impl{std::make_unique<Encoder<float>>(host), type});
+            case element::float16: return std::unique_ptr<Impl>(new Impl{std::make_unique<Encoder<float16>>(host), type});
+            case element::bfloat16:
+                return std::unique_ptr<Impl>(new Impl{std::make_unique<Encoder<bfloat16>>(host), type});
+        }
+        throw mmca::invalid_argument(where, "type", "an unknown element type", "float32, float16 or bfloat16");
+    });
+}
+
+}  // namespace
+
+qwen_vit::qwen_vit(const vision::qwen_vit& host, element type)
+    : impl_(make_encoder_impl<impl, mmca::cuda::qwen_vit>("mmca::cuda::lib::qwen_vit", host, type)) {}
+qwen_vit::qwen_vit(qwen_vit&&) noexcept = default;
+qwen_vit& qwen_vit::operator=(qwen_vit&&) noexcept = default;
+qwen_vit::~qwen_vit() = default;
+element qwen_vit::type() const { return impl_->type; }
+const vision::qwen_vit_config& qwen_vit::config() const {
+    return std::visit([](const auto& e) -> const vision::qwen_vit_config& { return e->config(); }, impl_->encoder);
+}
+void qwen_vit::encode(tensor_ref<const float, 4> images, tensor_ref<float, 3> out) {
+    translated([&] { std::visit([&](auto& e) { e->encode(images, out); }, impl_->encoder); });
+}
+
+clip_vit::clip_vit(const vision::clip_vit& host, element type)
+    : impl_(make_encoder_impl<impl, mmca::cuda::clip_vit>("mmca::cuda::lib::clip_vit", host, type)) {}
+clip_vit::clip_vit(clip_vit&&) noexcept = default;
+clip_vit& clip_vit::operator=(clip_vit&&) noexcept = default;
+clip_vit::~clip_vit() = default;
+element clip_vit::type() const { return impl_->type; }
+const vision::clip_vit_config& clip_vit::config() const {
+    return std::visit([](const auto& e) -> const vision::clip_vit_config& { return e->config(); }, impl_->encoder);
+}
+void clip_vit::encode(tensor_ref<const float, 4> images, tensor_ref<float, 3> out, vision::clip_output which) {
+    translated([&] { std::visit([&](auto& e) { e->encode(images, out, which); }, impl_->encoder); });
 }
 
 // ---- the visual-chat model -----------------------------------------------------------------------

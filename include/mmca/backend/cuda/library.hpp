@@ -11,6 +11,7 @@
 //   mmca::cuda::lib::attention_backward(q, k, v, dout, tokens, options, stats, dq, dk, dv, stream)
 //   mmca::cuda::lib::llama_model model(config, weights, options, element::bfloat16);   // the decoder
 //   auto chat = mmca::cuda::lib::load_visual_chat_model(path, load, element::bfloat16); // the whole model
+//   mmca::cuda::lib::qwen_vit vit(host_encoder, element::float16); vit.encode(images, out); // one encoder
 #pragma once
 
 #include "mmca/attention/stats.hpp"
@@ -21,6 +22,8 @@
 #include "mmca/language/weights.hpp"
 #include "mmca/model/visual_chat.hpp"
 #include "mmca/model/visual_chat_loader.hpp"
+#include "mmca/vision/clip_vit.hpp"
+#include "mmca/vision/qwen_vit.hpp"
 
 #include <array>
 #include <cstdint>
@@ -125,9 +128,52 @@ private:
     std::unique_ptr<impl> impl_;
 };
 
+/// The QWen-VL ViT on the current device (mmca::cuda::qwen_vit<T>, mmca/backend/cuda/vision.cuh)
+/// with its element type chosen at run time. Built from a host encoder, whose weights it copies (the
+/// host encoder is not needed afterwards). Images and features are host float32 tensors, as for
+/// mmca::vision::qwen_vit::encode. Not safe to call from two threads at once.
+class qwen_vit {
+public:
+    qwen_vit(const vision::qwen_vit& host, element type);
+    qwen_vit(qwen_vit&&) noexcept;
+    qwen_vit& operator=(qwen_vit&&) noexcept;
+    ~qwen_vit();
+
+    element type() const;
+    const vision::qwen_vit_config& config() const;
+    /// out (N, Q, E) = the features of images (N, 3, S, S); both contiguous.
+    void encode(tensor_ref<const float, 4> images, tensor_ref<float, 3> out);
+
+    struct impl;
+
+private:
+    std::unique_ptr<impl> impl_;
+};
+
+/// The CLIP vision tower on the current device (mmca::cuda::clip_vit<T>), element type chosen at
+/// run time; as qwen_vit, for mmca::vision::clip_vit.
+class clip_vit {
+public:
+    clip_vit(const vision::clip_vit& host, element type);
+    clip_vit(clip_vit&&) noexcept;
+    clip_vit& operator=(clip_vit&&) noexcept;
+    ~clip_vit();
+
+    element type() const;
+    const vision::clip_vit_config& config() const;
+    /// out (N, 1 + G², W) = hidden state `which` of images (N, C, S, S); both contiguous.
+    void encode(tensor_ref<const float, 4> images, tensor_ref<float, 3> out,
+                vision::clip_output which = vision::clip_output::last_hidden_state);
+
+    struct impl;
+
+private:
+    std::unique_ptr<impl> impl_;
+};
+
 /// The visual-chat model with its decoder on the device (mmca::cuda::visual_chat_model<T>, element
-/// type chosen at run time): mmca::basic_visual_chat_model over lib::llama_model, whose tower runs a
-/// QWen-VL encoder on the device (a CLIP encoder stays on the host) and the projector on the host.
+/// type chosen at run time): mmca::basic_visual_chat_model over lib::llama_model, whose tower runs its
+/// vision encoder (QWen-VL or CLIP) on the device and the projector on the host.
 using visual_chat_model = basic_visual_chat_model<llama_model>;
 
 /// A ready visual-chat model from a reference-named checkpoint (mmca::load_visual_chat_model's
@@ -135,8 +181,8 @@ using visual_chat_model = basic_visual_chat_model<llama_model>;
 std::unique_ptr<visual_chat_model> load_visual_chat_model(const std::string& path, const visual_chat_load_options& load,
                                                           element type);
 
-/// True when the model's vision encoder runs on the device (a QWen-VL encoder), false when it runs
-/// on the host (CLIP) or the tower is not one that load_visual_chat_model made.
+/// True when the model's vision encoder runs on the device (QWen-VL and CLIP encoders both do), false
+/// when the tower is not one that load_visual_chat_model made.
 bool encoder_on_device(const visual_chat_model& model);
 
 }  // namespace lib
