@@ -380,6 +380,18 @@ TEST(CudaLibraryEncoders, UnknownElementTypeNamesTheArgument) {
     }
 }
 
+// Runs only without a GPU: construction is a runtime_error that names the missing device.
+TEST(CudaLibraryEncoders, WithoutADeviceConstructionIsARuntimeError) {
+    if (mmca::cuda::lib::device_available()) GTEST_SKIP() << "a CUDA device is present";
+    const mmca::vision::clip_vit clip = random_clip(7);
+    try {
+        mmca::cuda::lib::clip_vit lib_clip(clip, mmca::cuda::lib::element::bfloat16);
+        FAIL() << "no error";
+    } catch (const mmca::cuda::lib::runtime_error& e) {
+        EXPECT_NE(std::string(e.what()).find("CUDA device"), std::string::npos) << e.what();
+    }
+}
+
 template <class S>
 void expect_chat_matches_cpu(mmca::attention_variant variant, double tol, bool same_tokens) {
     const std::string path = write_checkpoint();
