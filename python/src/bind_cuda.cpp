@@ -323,9 +323,11 @@ py::array cuda_qwen_encode(cuda_qwen_object& self, py::handle images, py::object
     require_no_overlap(where, o, a, "images");
     const auto in = tensor_view<const float, 4>(a);
     const auto res = tensor_view<float, 3>(o);
-    py::gil_scoped_release release;
-    std::lock_guard<std::mutex> lock(self.mutex);
-    self.encoder.encode(in, res);
+    {
+        py::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(self.mutex);
+        self.encoder.encode(in, res);
+    }
     return o;
 }
 
@@ -338,9 +340,11 @@ py::array cuda_clip_encode(cuda_clip_object& self, py::handle images, const std:
     require_no_overlap(where, o, a, "images");
     const auto in = tensor_view<const float, 4>(a);
     const auto res = tensor_view<float, 3>(o);
-    py::gil_scoped_release release;
-    std::lock_guard<std::mutex> lock(self.mutex);
-    self.encoder.encode(in, res, which);
+    {
+        py::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(self.mutex);
+        self.encoder.encode(in, res, which);
+    }
     return o;
 }
 

@@ -36,9 +36,10 @@ void check_type(const char* where, const char* name, const device_view& v, eleme
 }
 
 /// Runs f with the storage type of e (float, mmca::float16, mmca::bfloat16); CUDA failures become
-/// lib::runtime_error so that callers need no CUDA header.
+/// lib::runtime_error so that callers need no CUDA header. An e outside the enumeration is an
+/// invalid_argument of `where` naming `arg`.
 template <class F>
-void dispatch(element e, F&& f) {
+void dispatch(element e, F&& f, const char* where = "mmca::cuda::lib", const char* arg = "q") {
     try {
         switch (e) {
             case element::float32: f(float{}); return;
@@ -48,7 +49,7 @@ void dispatch(element e, F&& f) {
     } catch (const cuda_error& err) {
         throw runtime_error(err.what());
     }
-    throw mmca::invalid_argument("mmca::cuda::lib", "q", "an unknown element type", "float32, float16 or bfloat16");
+    throw mmca::invalid_argument(where, arg, "an unknown element type", "float32, float16 or bfloat16");
 }
 
 }  // namespace
@@ -211,18 +212,14 @@ struct clip_vit::impl {
 namespace {
 
 /// A new Impl whose encoder (a variant over Encoder of the three element types) is built from
-/// `host` as `type`; CUDA failures become lib::runtime_error.
+/// `host` as `type`.
 template <class Impl, template <class> class Encoder, class Host>
 std::unique_ptr<Impl> make_encoder_impl(const char* where, const Host& host, element type) {
-    return translated([&] {
-        switch (type) {
-            case element::float32: return std::unique_ptr<Impl>(new Impl{std::make_unique<Encoder<float>>(host), type});
-            case element::float16: return std::unique_ptr<Impl>(new Impl{std::make_unique<Encoder<float16>>(host), type});
-            case element::bfloat16:
-                return std::unique_ptr<Impl>(new Impl{std::make_unique<Encoder<bfloat16>>(host), type});
-        }
-        throw mmca::invalid_argument(where, "type", "an unknown element type", "float32, float16 or bfloat16");
-    });
+    std::unique_ptr<Impl> made;
+    dispatch(
+        type, [&](auto tag) { made.reset(new Impl{std::make_unique<Encoder<decltype(tag)>>(host), type}); }, where,
+        "type");
+    return made;
 }
 
 }  // namespace
