@@ -17,6 +17,7 @@
 #include "llama_steps.hpp"
 #include "test_llama_util.hpp"
 
+#include "mmca/backend/cuda/library.hpp"
 #include "mmca/io/llama_loader.hpp"
 #include "mmca/language/model.hpp"
 
@@ -73,6 +74,19 @@ void expect_matches_cpu(const loaded_model& m, mmca::attention_variant variant, 
 }
 
 class CudaLlamaModel : public ::testing::TestWithParam<mmca::attention_variant> {};
+
+// Runs without a GPU: the compiled library refuses an element type outside the enumeration before
+// any device work.
+TEST(CudaLibraryLlamaModel, UnknownElementTypeNamesTheArgument) {
+    const auto m = load(make_random_llama(model_config(0), 30), "cuda_lib_bad_type");
+    try {
+        mmca::cuda::lib::llama_model bad(m.config, m.weights, {}, static_cast<mmca::cuda::lib::element>(9));
+        FAIL() << "no error";
+    } catch (const mmca::invalid_argument& e) {
+        EXPECT_EQ(e.argument(), "type") << e.what();
+        EXPECT_NE(std::string(e.what()).find("mmca::cuda::lib::llama_model"), std::string::npos) << e.what();
+    }
+}
 
 TEST_P(CudaLlamaModel, Float32MatchesCpu) {
     MMCA_REQUIRE_GPU();

@@ -149,14 +149,9 @@ std::unique_ptr<llama_model::impl> make_impl(const llama_config& config, const l
 
 llama_model::llama_model(const llama_config& config, const llama_weights& weights, const llama_model_options& options,
                          element type) {
-    impl_ = translated([&] {
-        switch (type) {
-            case element::float16: return make_impl<float16>(config, weights, options, type);
-            case element::bfloat16: return make_impl<bfloat16>(config, weights, options, type);
-            case element::float32: break;
-        }
-        return make_impl<float>(config, weights, options, element::float32);
-    });
+    dispatch(
+        type, [&](auto tag) { impl_ = make_impl<decltype(tag)>(config, weights, options, type); },
+        "mmca::cuda::lib::llama_model", "type");
 }
 llama_model::llama_model(llama_model&&) noexcept = default;
 llama_model& llama_model::operator=(llama_model&&) noexcept = default;
