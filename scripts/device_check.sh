@@ -98,8 +98,8 @@ TESTS="${BUILD}/tests/cuda/mmca_cuda_tests"
 
 # 3. compute-sanitizer, in the background beside the tests, on a subset: the tiled tensor-core and
 #    float32 paths, the rows kernel with and without splits, the fill and combine kernels, the
-#    KV-cache append, the backward kernels, the model ops, the dense attention, the vision encoders and
-#    the decoder model. memcheck: every variant on several
+#    KV-cache append, the backward kernels (FFMA and tensor cores), the model ops, the dense
+#    attention, the vision encoders and the decoder model. memcheck: every variant on several
 #    cases in float32, float16 and bfloat16 plus decoding; racecheck (slower): a few cases.
 MEM='Cases/CudaAttention.MatchesCpuReference/L37_D80*_bf16:Cases/CudaAttention.MatchesCpuReference/L37_D80*_f32'
 MEM+=':Cases/CudaAttention.MatchesCpuReference/Lk300_Lq45*_bf16:Cases/CudaAttention.MatchesCpuReference/Lk300_Lq45*_f32'
@@ -108,6 +108,7 @@ MEM+=':Cases/CudaAttention.MatchesCpuReference/decode_Lk700*_bf16:Cases/CudaAtte
 MEM+=':Cases/CudaDecode.ChunkedPrefill/mmca_reference_bf16:CudaAttentionSplits.*'
 MEM+=':Cases/CudaBackward.MatchesCpuReference/L37_D80*_bf16:Cases/CudaBackward.MatchesCpuReference/Lk300_Lq45*_f32'
 MEM+=':Cases/CudaBackward.MatchesCpuReference/L40_D256*_f16:Cases/CudaBackward.MatchesCpuReference/B3_mixed*_f32'
+MEM+=':Cases/CudaBackward.MatchesCpuReference/Lk300_Lq45*_bf16:Cases/CudaBackward.MatchesCpuReference/L257_D64*_f16'
 MEM+=':CudaOps*:CudaDenseAttention.*:CudaQwenVit.Float32MatchesCpu:CudaClipVit.Float32MatchesCpu'
 MEM+=':Variants/CudaLlamaModel.Float32MatchesCpu/mmca'
 RACE='Cases/CudaAttention.MatchesCpuReference/L37_D80_gqa21_interleaved_mmca*_bf16'
@@ -116,6 +117,7 @@ RACE+=':Cases/CudaAttention.MatchesCpuReference/L257_D64_padding_mmca_f16'
 RACE+=':Cases/CudaAttention.MatchesCpuReference/L130_D104_leading_image_causal_bf16'
 RACE+=':Cases/CudaBackward.MatchesCpuReference/L37_D80_gqa21_interleaved_mmca_reference_bf16'
 RACE+=':Cases/CudaBackward.MatchesCpuReference/Lk300_Lq45_suffix_queries_causal_cross_latest_f32'
+RACE+=':Cases/CudaBackward.MatchesCpuReference/L257_D64_padding_mmca_f16'
 step memcheck 150 "${SANITIZER}" --tool memcheck --error-exitcode 3 "${TESTS}" --gtest_filter="${MEM}" --gtest_color=no &
 MEM_PID=$!
 step racecheck 150 "${SANITIZER}" --tool racecheck --racecheck-report all --error-exitcode 3 "${TESTS}" \

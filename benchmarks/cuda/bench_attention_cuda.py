@@ -50,7 +50,7 @@ def load_library(path: str) -> ctypes.CDLL:
     lib.mmca_cuda_useful_flops.argtypes = [ctypes.c_void_p]
     lib.mmca_cuda_plan_backward.restype = ctypes.c_void_p
     lib.mmca_cuda_plan_backward.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p] * 9 + [
-        ctypes.c_int, ctypes.c_int, ctypes.c_float, ctypes.c_char_p, ctypes.c_int]
+        ctypes.c_int, ctypes.c_int, ctypes.c_float, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
     lib.mmca_cuda_destroy.restype = None
     lib.mmca_cuda_destroy.argtypes = [ctypes.c_void_p]
     return lib
@@ -89,7 +89,9 @@ class MmcaBackward(MmcaCall):
     """One planned mmca::cuda::attention_backward_operator<bfloat16> call (the forward's statistics
     are computed once when planning)."""
 
-    def __init__(self, lib, q, k, v, out, dout, dq, dk, dv, types, variant: str):
+    KERNELS = {"automatic": 0, "tensor_cores": 1, "ffma": 2}
+
+    def __init__(self, lib, q, k, v, out, dout, dq, dk, dv, types, variant: str, kernel: str = "automatic"):
         self.lib = lib
         B, H, S, D = q.shape
         Hkv, Lk = k.shape[1], k.shape[2]
@@ -97,11 +99,11 @@ class MmcaBackward(MmcaCall):
         err = ctypes.create_string_buffer(1024)
         self.handle = lib.mmca_cuda_plan_backward(
             B, H, Hkv, S, Lk, D, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), dout.data_ptr(),
-            dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), self.types.data_ptr(), VARIANT[variant], 1, 0.0, err,
-            len(err))
+            dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), self.types.data_ptr(), VARIANT[variant], 1, 0.0,
+            self.KERNELS[kernel], err, len(err))
         if not self.handle:
             raise RuntimeError(f"mmca_cuda_plan_backward: {err.value.decode()}")
-        self.kernel = "backward"
+        self.kernel = {1: "tensor_cores", 2: "ffma"}.get(lib.mmca_cuda_kernel(self.handle), "?")
         self.flops = lib.mmca_cuda_useful_flops(self.handle)
         self.err = err
 
@@ -168,8 +170,9 @@ def two_softmax_reference(q, k, v, types, head_chunk: int):
 
 
 def backward_rows(lib, args) -> list[str]:
-    """SDPA's flash backward (causal) against mmca's MMCA backward and autograd through the
-    two-softmax method, on the same tensors; one markdown row per shape."""
+    """SDPA's flash backward (causal) against mmca's MMCA backward (FFMA kernels and tensor-core
+    kernels) and autograd through the two-softmax method, on the same tensors; one markdown row per
+    shape. The first shape also checks mmca's causal backward (both kernels) against SDPA's."""
     dev = torch.device("cuda")
     out_rows = []
     checked = False
@@ -186,21 +189,25 @@ def backward_rows(lib, args) -> list[str]:
             sdpa_flops = 2.5 * 4.0 * D * H * B * S * (S + 1) / 2
             out = torch.empty_like(q)
             dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-            mm = MmcaBackward(lib, q, k, v, out, g, dq, dk, dv, types, "mmca")
+            mm = MmcaBackward(lib, q, k, v, out, g, dq, dk, dv, types, "mmca", "ffma")
             t_mmca = median_ms(mm, args.warmup, args.reps)
+            mt = MmcaBackward(lib, q, k, v, out, g, dq, dk, dv, types, "mmca", "tensor_cores")
+            t_mma = median_ms(mt, args.warmup, args.reps)
             if not checked:
                 checked = True
                 causal_types = torch.full((B, S), TEXT, dtype=torch.int8)
-                cq, ck, cv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-                cb = MmcaBackward(lib, q, k, v, torch.empty_like(q), g, cq, ck, cv, causal_types, "causal")
-                cb()
                 ref = torch.autograd.grad(o, (qa, ka, va), g, retain_graph=True)
-                torch.cuda.synchronize()
-                diffs = [(a.float() - b.float()).abs().max().item() for a, b in zip((cq, ck, cv), ref)]
                 scale = max(b.float().abs().max().item() for b in ref)
-                print(f"check backward B={B} S={S}: max|mmca causal - sdpa| dq {diffs[0]:.3e} dk {diffs[1]:.3e} "
-                      f"dv {diffs[2]:.3e} (max|grad| {scale:.2f})", flush=True)
-                cb.close()
+                for kernel in ("ffma", "tensor_cores"):
+                    cq, ck, cv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+                    cb = MmcaBackward(lib, q, k, v, torch.empty_like(q), g, cq, ck, cv, causal_types, "causal",
+                                      kernel)
+                    cb()
+                    torch.cuda.synchronize()
+                    diffs = [(a.float() - b.float()).abs().max().item() for a, b in zip((cq, ck, cv), ref)]
+                    print(f"check backward ({kernel}) B={B} S={S}: max|mmca causal - sdpa| dq {diffs[0]:.3e} "
+                          f"dk {diffs[1]:.3e} dv {diffs[2]:.3e} (max|grad| {scale:.2f})", flush=True)
+                    cb.close()
             t_ref = float("nan")
             if B * H * S * S <= args.ref_bwd_max_scores:
                 chunk = max(1, min(H, int(2 ** 29 // (S * S))))
@@ -211,11 +218,14 @@ def backward_rows(lib, args) -> list[str]:
             tf = lambda flops, ms: flops / (ms * 1e-3) / 1e12
             ratio = tf(mm.flops, t_mmca) / tf(sdpa_flops, t_sdpa)
             ref = f"{t_ref:.2f}" if t_ref == t_ref else "-"
-            print(f"backward B={B} S={S}: sdpa {t_sdpa:.3f} ms, mmca {t_mmca:.3f} ms, two-softmax {ref} ms",
-                  flush=True)
+            ratio_mma = tf(mt.flops, t_mma) / tf(sdpa_flops, t_sdpa)
+            print(f"backward B={B} S={S}: sdpa {t_sdpa:.3f} ms, mmca ffma {t_mmca:.3f} ms, mmca tensor cores "
+                  f"{t_mma:.3f} ms, two-softmax {ref} ms", flush=True)
             out_rows.append(f"| {B} | {S} | {t_sdpa:.3f} | {tf(sdpa_flops, t_sdpa):.1f} | {t_mmca:.3f} | "
-                            f"{tf(mm.flops, t_mmca):.1f} | {ratio:.2f} | {t_sdpa / t_mmca:.2f} | {ref} |")
+                            f"{tf(mm.flops, t_mmca):.1f} | {ratio:.2f} | {t_mma:.3f} | {tf(mt.flops, t_mma):.1f} | "
+                            f"{ratio_mma:.2f} | {t_sdpa / t_mma:.2f} | {ref} |")
             mm.close()
+            mt.close()
             del q, k, v, g, qa, ka, va, o, out, dq, dk, dv
             torch.cuda.empty_cache()
     return out_rows
@@ -319,9 +329,9 @@ def main() -> int:
                      f"{r['speedup']:.2f} | {ref} |")
     if not args.no_backward:
         lines += ["", "Backward (dq, dk, dv from dout; FLOPs counted as 2.5x the forward's useful FLOPs):", "",
-                  "| B | S | SDPA causal bwd ms | TFLOP/s | MMCA bwd ms | TFLOP/s | ratio | speedup "
-                  "| two-softmax bwd ms |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| B | S | SDPA causal bwd ms | TFLOP/s | MMCA bwd ffma ms | TFLOP/s | ratio "
+                  "| MMCA bwd tensor cores ms | TFLOP/s | ratio | speedup | two-softmax bwd ms |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += backward_rows(lib, args)
     table = "\n".join(lines)
     print(table)

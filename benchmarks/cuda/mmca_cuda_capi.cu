@@ -65,7 +65,7 @@ struct backward_handle final : handle_base {
     mmca::cuda::attention_backward_operator<T> op;
     std::int64_t head_dim = 0, q_heads = 0;
     void run(cudaStream_t stream) override { op.run(stream); }
-    int kernel() const override { return 0; }
+    int kernel() const override { return static_cast<int>(op.kernel()); }
     /// The backward's five products against the forward's two: 2.5 x the forward's useful FLOPs.
     double useful_flops() const override { return 2.5 * plan_useful_flops(op.plan(), head_dim, q_heads); }
 };
@@ -106,7 +106,7 @@ handle_base* make_handle(int B, int Hq, int Hkv, int Lq, int Lk, int D, const vo
 template <class T>
 handle_base* make_backward_handle(int B, int Hq, int Hkv, int Lq, int Lk, int D, const void* q, const void* k,
                                   const void* v, void* out, const void* dout, void* dq, void* dk, void* dv,
-                                  const std::int8_t* types, int variant, int visibility, float scale) {
+                                  const std::int8_t* types, int variant, int visibility, float scale, int kernel) {
     auto h = std::make_unique<backward_handle<T>>();
     const std::array<std::int64_t, 4> qs{B, Hq, Lq, D}, ks{B, Hkv, Lk, D}, rows{B, Hq, Lq, 2};
     const std::array<std::int64_t, 5> outs{B, Hq, Lq, 2, D};
@@ -129,7 +129,8 @@ handle_base* make_backward_handle(int B, int Hq, int Hkv, int Lq, int Lk, int D,
                                                 stats);
     h->op.initialize({tq, tk, tv, mmca::tensor_ref<const T, 4>(static_cast<const T*>(dout), qs), tokens, options,
                       mmca::attention_stats_view(stats), mmca::tensor_ref<T, 4>(static_cast<T*>(dq), qs),
-                      mmca::tensor_ref<T, 4>(static_cast<T*>(dk), ks), mmca::tensor_ref<T, 4>(static_cast<T*>(dv), ks)});
+                      mmca::tensor_ref<T, 4>(static_cast<T*>(dk), ks), mmca::tensor_ref<T, 4>(static_cast<T*>(dv), ks)},
+                     mmca::cuda::attention_backward_config{0, static_cast<mmca::cuda::backward_kernel>(kernel)});
     MMCA_CUDA_CHECK(cudaDeviceSynchronize());
     h->head_dim = D;
     h->q_heads = Hq;
@@ -142,14 +143,15 @@ extern "C" {
 
 /// Plans one backward call (bfloat16): runs the forward with statistics once into `out`, then
 /// plans the backward of dout into dq, dk, dv; mmca_cuda_run launches the backward. Arguments as
-/// for mmca_cuda_plan (types: host (B, Lk) int8; no image ids or lengths).
+/// for mmca_cuda_plan (types: host (B, Lk) int8; no image ids or lengths); kernel: 0 automatic,
+/// 1 tensor cores, 2 ffma (mmca::cuda::backward_kernel).
 void* mmca_cuda_plan_backward(int B, int Hq, int Hkv, int Lq, int Lk, int D, const void* q, const void* k,
                               const void* v, void* out, const void* dout, void* dq, void* dk, void* dv,
-                              const std::int8_t* types, int variant, int visibility, float scale, char* err,
-                              int err_len) {
+                              const std::int8_t* types, int variant, int visibility, float scale, int kernel,
+                              char* err, int err_len) {
     try {
         return make_backward_handle<mmca::bfloat16>(B, Hq, Hkv, Lq, Lk, D, q, k, v, out, dout, dq, dk, dv, types,
-                                                    variant, visibility, scale);
+                                                    variant, visibility, scale, kernel);
     } catch (const std::exception& e) {
         write_error(err, err_len, e.what());
     }

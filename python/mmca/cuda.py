@@ -64,13 +64,16 @@ def attention(q, k, v, out, token_types, variant: str, *, image_ids=None, policy
 
 
 def attention_backward(q, k, v, dout, row_max, row_sum, group_out, dq, dk, dv, token_types, variant: str, *,
-                       image_ids=None, policy=None, scale=None, kv_lens=None, q_lens=None, stream: int = 0) -> None:
+                       image_ids=None, policy=None, scale=None, kv_lens=None, q_lens=None, stream: int = 0,
+                       kernel: str = "automatic") -> None:
     """dq, dk, dv (written in place) of attention for the upstream gradient ``dout``, from the
-    statistics that :func:`attention` wrote for the same inputs. Asynchronous on ``stream``."""
+    statistics that :func:`attention` wrote for the same inputs. ``kernel``: ``"automatic"``,
+    ``"tensor_cores"`` (float16/bfloat16, head dim <= 128 and a multiple of 8, sm_80 or newer) or
+    ``"ffma"``. Asynchronous on ``stream``."""
     t = _tokens("mmca.cuda.attention_backward", token_types, image_ids, kv_lens, q_lens)
     _cuda.attention_backward(q, k, v, dout, row_max, row_sum, group_out, dq, dk, dv, t["token_types"], variant,
                              image_ids=t["image_ids"], policy=policy, scale=scale, kv_lens=t["kv_lens"],
-                             q_lens=t["q_lens"], stream=stream)
+                             q_lens=t["q_lens"], stream=stream, kernel=kernel)
 
 __all__ = ["ClipViT", "CudaError", "LlamaModel", "QwenViT", "VisualChatModel", "attention", "attention_backward",
            "attention_torch", "available", "device", "synchronize"]
@@ -87,7 +90,7 @@ def _autograd_function():
 
     class _Attention(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, q, k, v, token_types, variant, kwargs):
+        def forward(ctx, q, k, v, token_types, variant, kwargs, backward_kernel):
             B, H, L, D = q.shape
             out = torch.empty_like(q, memory_format=torch.contiguous_format)
             row_max = torch.empty((B, H, L, 2), device=q.device, dtype=torch.float32)
@@ -98,6 +101,7 @@ def _autograd_function():
                       stream=stream, **kwargs)
             ctx.save_for_backward(q, k, v, row_max, row_sum, group_out)
             ctx.token_types, ctx.variant, ctx.kwargs = token_types, variant, kwargs
+            ctx.backward_kernel = backward_kernel
             return out
 
         @staticmethod
@@ -107,20 +111,24 @@ def _autograd_function():
             dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
             stream = torch.cuda.current_stream(q.device).cuda_stream
             attention_backward(q, k, v, dout, row_max, row_sum, group_out, dq, dk, dv, ctx.token_types, ctx.variant,
-                               stream=stream, **ctx.kwargs)
-            return dq, dk, dv, None, None, None
+                               stream=stream, kernel=ctx.backward_kernel, **ctx.kwargs)
+            return dq, dk, dv, None, None, None, None
 
     _function = _Attention
     return _function
 
 
 def attention_torch(q, k, v, token_types, variant: str = "mmca", *, image_ids=None, policy=None, scale=None,
-                    kv_lens=None, q_lens=None):
+                    kv_lens=None, q_lens=None, backward_kernel: str = "automatic"):
     """Differentiable attention of ``variant`` for CUDA torch tensors q (B, Hq, Lq, D), k and v
     (B, Hkv, Lk, D) (float32, float16 or bfloat16; last dimension contiguous). token_types (B, Lk)
     and the optional image_ids, kv_lens, q_lens are host integer arrays (numpy or lists), as for
-    :func:`mmca.attention`. Returns out (B, Hq, Lq, D); out.backward() runs mmca's fused backward.
+    :func:`mmca.attention`. Returns out (B, Hq, Lq, D); out.backward() runs mmca's fused backward
+    with ``backward_kernel`` (the ``kernel`` of :func:`attention_backward`).
     """
+    if backward_kernel not in ("automatic", "tensor_cores", "ffma"):
+        raise ValueError(f"mmca.cuda.attention_torch: argument 'backward_kernel': got {backward_kernel!r}; "
+                         "expected 'automatic', 'tensor_cores' or 'ffma'")
     t = _tokens("mmca.cuda.attention_torch", token_types, image_ids, kv_lens, q_lens)
     kwargs = dict(image_ids=t["image_ids"], policy=policy, scale=scale, kv_lens=t["kv_lens"], q_lens=t["q_lens"])
-    return _autograd_function().apply(q, k, v, t["token_types"], variant, kwargs)
+    return _autograd_function().apply(q, k, v, t["token_types"], variant, kwargs, backward_kernel)

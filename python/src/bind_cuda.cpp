@@ -183,9 +183,17 @@ void cuda_attention_backward(const py::object& q, const py::object& k, const py:
                              const py::object& dq, const py::object& dk, const py::object& dv,
                              const py::object& token_types, const std::string& variant, const py::object& image_ids,
                              const std::optional<std::string>& policy, const std::optional<double>& scale,
-                             const py::object& kv_lens, const py::object& q_lens, std::uintptr_t stream) {
+                             const py::object& kv_lens, const py::object& q_lens, std::uintptr_t stream,
+                             const std::string& kernel) {
     constexpr const char* where = "mmca.cuda.attention_backward";
     const mmca::attention_options options = parse_attention_options(where, variant, policy, scale, 0);
+    mmca::cuda::backward_kernel choice = mmca::cuda::backward_kernel::automatic;
+    if (kernel == "tensor_cores")
+        choice = mmca::cuda::backward_kernel::tensor_cores;
+    else if (kernel == "ffma")
+        choice = mmca::cuda::backward_kernel::ffma;
+    else if (kernel != "automatic")
+        throw mmca::invalid_argument(where, "kernel", "'" + kernel + "'", "'automatic', 'tensor_cores' or 'ffma'");
     std::vector<py::buffer_info> keep;
     const mmca::token_layout layout = parse_tokens(where, token_types, image_ids, kv_lens, q_lens, keep);
     const mmca::attention_stats stats(stats_ref<4>(row_max, where, "row_max"), stats_ref<4>(row_sum, where, "row_sum"),
@@ -197,7 +205,7 @@ void cuda_attention_backward(const py::object& q, const py::object& k, const py:
                       vdv = view4(device_tensor_arg(dv, where, "dv", 4));
     py::gil_scoped_release release;
     mmca::cuda::lib::attention_backward(vq, vk, vv, vg, layout, options, mmca::attention_stats_view(stats), vdq, vdk,
-                                        vdv, reinterpret_cast<void*>(stream));
+                                        vdv, reinterpret_cast<void*>(stream), choice);
 }
 
 // ---- the decoder on the GPU ------------------------------------------------------------------------
@@ -372,12 +380,13 @@ PYBIND11_MODULE(_cuda, m) {
           py::arg("stream") = 0);
     m.def("attention_backward", &cuda_attention_backward,
           "Gradients dq, dk, dv of attention for the upstream gradient dout, from the statistics that "
-          "attention() wrote for the same inputs. Asynchronous on `stream`.",
+          "attention() wrote for the same inputs. kernel: 'automatic', 'tensor_cores' (float16/bfloat16, head "
+          "dim <= 128 and a multiple of 8, sm_80+) or 'ffma'. Asynchronous on `stream`.",
           py::arg("q"), py::arg("k"), py::arg("v"), py::arg("dout"), py::arg("row_max"), py::arg("row_sum"),
           py::arg("group_out"), py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("token_types"),
           py::arg("variant"), py::kw_only(), py::arg("image_ids") = py::none(), py::arg("policy") = py::none(),
           py::arg("scale") = py::none(), py::arg("kv_lens") = py::none(), py::arg("q_lens") = py::none(),
-          py::arg("stream") = 0);
+          py::arg("stream") = 0, py::arg("kernel") = "automatic");
 
     py::class_<cuda_qwen_object>(m, "QwenViT", R"doc(
 The QWen-VL vision encoder on the GPU: mmca.QwenViT's encoder (same checkpoint, options and shapes)

@@ -56,8 +56,11 @@ def spec_reference(q, k, v, types, variant):
 
 
 @pytest.mark.parametrize("variant", ["causal", "mmca"])
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
-def test_forward_and_backward_match_spec_oracle(variant, dtype, tol):
+@pytest.mark.parametrize("dtype,tol,backward_kernel", [(torch.float32, 1e-5, "automatic"),
+                                                       (torch.bfloat16, 3e-2, "automatic"),
+                                                       (torch.bfloat16, 3e-2, "tensor_cores"),
+                                                       (torch.float16, 1e-2, "tensor_cores")])
+def test_forward_and_backward_match_spec_oracle(variant, dtype, tol, backward_kernel):
     torch.manual_seed(0)
     B, H, Hkv, L, D = 1, 4, 2, 77, 64
     dev = torch.device("cuda")
@@ -65,7 +68,7 @@ def test_forward_and_backward_match_spec_oracle(variant, dtype, tol):
     k = torch.randn(B, Hkv, L, D, device=dev).to(dtype).requires_grad_(True)
     v = torch.randn(B, Hkv, L, D, device=dev).to(dtype).requires_grad_(True)
     types = chat_types(L)
-    out = cuda.attention_torch(q, k, v, types, variant)
+    out = cuda.attention_torch(q, k, v, types, variant, backward_kernel=backward_kernel)
     g = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), g)
 
@@ -138,6 +141,11 @@ def test_errors_name_the_argument():
         cuda.attention(q.cpu(), q, q, out, types, "mmca")
     with pytest.raises(TypeError, match="'v'"):
         cuda.attention(q, q, np.zeros((1, 2, 8, 16), np.float32), out, types, "mmca")
+    row_max = torch.zeros(1, 2, 8, 2, device=dev)
+    group_out = torch.zeros(1, 2, 8, 2, 16, device=dev)
+    with pytest.raises(ValueError, match="'config.kernel'.*float32"):  # tensor cores take 16-bit inputs
+        cuda.attention_backward(q, q, q, q, row_max, row_max, group_out, q, q, q, types, "mmca",
+                                kernel="tensor_cores")
 
 
 def _write_llama(d, rng, H=128, I=160, V=50, layers=2, heads=2, kv_heads=1):

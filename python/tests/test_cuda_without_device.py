@@ -85,3 +85,12 @@ def test_vision_encoders_check_arguments_then_need_a_device(tmp_path):
         cuda.QwenViT(qpath, dtype="bfloat16", **kw)
     with pytest.raises(cuda.CudaError, match="no (usable )?CUDA device"):
         cuda.ClipViT(cpath)
+
+
+def test_backward_kernel_choice_is_checked_before_the_tensors():
+    types = np.ones((1, 8), np.int8)
+    with pytest.raises(ValueError, match="'kernel'.*'sideways'"):
+        cuda.attention_backward(None, None, None, None, None, None, None, None, None, None, types, "mmca",
+                                kernel="sideways")
+    with pytest.raises(ValueError, match="'backward_kernel'.*'sideways'"):
+        cuda.attention_torch(None, None, None, types, "mmca", backward_kernel="sideways")

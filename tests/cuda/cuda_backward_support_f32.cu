@@ -24,9 +24,12 @@ std::string backward_error(const tensor4& q, const tensor4& k, const tensor4& v,
     if (broken == "group_out") stats.row_sum = mmca::tensor_ref<float, 4>(stats.row_sum.data, {B, H, L, 2});
     if (broken == "row_max") stats.row_sum = mmca::tensor_ref<float, 4>(stats.row_sum.data, {B, H, L, 2});
     if (broken == "row_max") stats.group_out = mmca::tensor_ref<float, 5>(stats.group_out.data, {B, H, L, 2, D});
+    mmca::cuda::attention_backward_config config;
+    if (broken == "config.kernel") config.kernel = mmca::cuda::backward_kernel::tensor_cores;  // float32 inputs
     try {
         mmca::cuda::attention_backward<float>(dq_in.cref(), dk_in.cref(), dv_in.cref(), dout.cref(), tokens, options,
-                                              mmca::attention_stats_view(stats), dq.ref(), dk.ref(), dv.ref());
+                                              mmca::attention_stats_view(stats), dq.ref(), dk.ref(), dv.ref(), nullptr,
+                                              config);
         MMCA_CUDA_CHECK(cudaDeviceSynchronize());
     } catch (const mmca::invalid_argument& e) {
         return e.what();

@@ -1,6 +1,7 @@
 // tests/cuda/cuda_test_cases.hpp - shapes, random problems and error measures shared by the CUDA
-// tests: the case table, the plain low-precision oracle (the "same precision" baseline of the
-// float16 / bfloat16 checks) and the rows that must be exactly zero.
+// tests (and the emulated kernels of tests/cuda_emulation): the case table, the plain
+// low-precision oracles of the forward and the backward (the "same precision" baselines of the
+// float16 / bfloat16 checks), the rows that must be exactly zero and the comparison of statistics.
 #pragma once
 
 #include "attention_test_util.hpp"
@@ -9,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -107,6 +109,23 @@ float round_to(float x) {
     return static_cast<float>(static_cast<S>(x));
 }
 
+/// Calls row(b, i, j, groups, self_term) for every query row i (key position j) of every sequence
+/// b, with the row's SPEC key groups (attention_test_util.hpp) under `variant`.
+template <class Row>
+void for_each_spec_row(const owned_tokens& tokens, const variant_spec& variant, std::size_t B, std::size_t Lk,
+                       std::size_t Lq, const Row& row) {
+    for (std::size_t b = 0; b < B; ++b) {
+        const mmca_test::sequence_keys seq = mmca_test::keys_of_sequence(tokens, b, Lk, Lq);
+        const std::size_t kvl = seq.kv_len, ql = seq.q_len;
+        for (std::size_t i = 0; i < ql; ++i) {
+            const std::size_t j = kvl - ql + i;
+            bool self_term = false;
+            const auto groups = mmca_test::spec_row_groups(variant, seq.types.data(), seq.ids.data(), kvl, j, self_term);
+            row(b, i, j, groups, self_term);
+        }
+    }
+}
+
 /// A plain attention at the precision of S: scores in float32 rounded to S, softmax in float32,
 /// weights rounded to S, products accumulated in float32, output rounded to S. Same row groups as
 /// the SPEC oracle of attention_test_util.hpp.
@@ -118,45 +137,37 @@ tensor4 plain_low_precision(const tensor4& q, const tensor4& k, const tensor4& v
     const float scale = scale_in == 0.0 ? 1.0f / std::sqrt(static_cast<float>(D)) : static_cast<float>(scale_in);
     tensor4 out(q.shape());
     out.fill(0.0f);
-    for (std::size_t b = 0; b < B; ++b) {
-        const mmca_test::sequence_keys seq = mmca_test::keys_of_sequence(tokens, b, Lk, Lq);
-        const std::size_t kvl = seq.kv_len, ql = seq.q_len;
-        const std::vector<std::int8_t>& types = seq.types;
-        const std::vector<std::int32_t>& ids = seq.ids;
-        for (std::size_t i = 0; i < ql; ++i) {
-            const std::size_t j = kvl - ql + i;
-            bool self_term = false;
-            const auto groups = mmca_test::spec_row_groups(variant, types.data(), ids.data(), kvl, j, self_term);
-            for (std::size_t h = 0; h < Hq; ++h) {
-                const std::size_t hk = h / (Hq / Hkv);
-                std::vector<float> o(D, 0.0f);
-                for (const auto& g : groups) {
-                    std::vector<float> w(g.keys.size(), 0.0f);
-                    if (!g.uniform) {
-                        float mx = -std::numeric_limits<float>::infinity();
-                        for (std::size_t n = 0; n < g.keys.size(); ++n) {
-                            float s = 0.0f;
-                            for (std::size_t d = 0; d < D; ++d) s += q(b, h, i, d) * k(b, hk, g.keys[n], d);
-                            w[n] = round_to<S>(s * scale);
-                            mx = std::max(mx, w[n]);
-                        }
-                        for (auto& x : w) x = std::exp(x - mx);
-                    } else {
-                        std::fill(w.begin(), w.end(), 1.0f);
-                    }
-                    float total = 0.0f;
-                    for (float x : w) total += x;
+    for_each_spec_row(tokens, variant, B, Lk, Lq, [&](std::size_t b, std::size_t i, std::size_t j, const auto& groups,
+                                                      bool self_term) {
+        for (std::size_t h = 0; h < Hq; ++h) {
+            const std::size_t hk = h / (Hq / Hkv);
+            std::vector<float> o(D, 0.0f);
+            for (const auto& g : groups) {
+                std::vector<float> w(g.keys.size(), 0.0f);
+                if (!g.uniform) {
+                    float mx = -std::numeric_limits<float>::infinity();
                     for (std::size_t n = 0; n < g.keys.size(); ++n) {
-                        const float p = round_to<S>(w[n] / total);
-                        for (std::size_t d = 0; d < D; ++d) o[d] += p * v(b, hk, g.keys[n], d);
+                        float s = 0.0f;
+                        for (std::size_t d = 0; d < D; ++d) s += q(b, h, i, d) * k(b, hk, g.keys[n], d);
+                        w[n] = round_to<S>(s * scale);
+                        mx = std::max(mx, w[n]);
                     }
+                    for (auto& x : w) x = std::exp(x - mx);
+                } else {
+                    std::fill(w.begin(), w.end(), 1.0f);
                 }
-                if (self_term)
-                    for (std::size_t d = 0; d < D; ++d) o[d] += v(b, hk, j, d);
-                for (std::size_t d = 0; d < D; ++d) out(b, h, i, d) = round_to<S>(o[d]);
+                float total = 0.0f;
+                for (float x : w) total += x;
+                for (std::size_t n = 0; n < g.keys.size(); ++n) {
+                    const float p = round_to<S>(w[n] / total);
+                    for (std::size_t d = 0; d < D; ++d) o[d] += p * v(b, hk, g.keys[n], d);
+                }
             }
+            if (self_term)
+                for (std::size_t d = 0; d < D; ++d) o[d] += v(b, hk, j, d);
+            for (std::size_t d = 0; d < D; ++d) out(b, h, i, d) = round_to<S>(o[d]);
         }
-    }
+    });
     return out;
 }
 
@@ -206,6 +217,96 @@ inline ::testing::AssertionResult zero_rows_are_zero(const tensor4& out, const o
         }
     }
     return ::testing::AssertionSuccess();
+}
+
+struct grads {
+    tensor4 dq, dk, dv;
+};
+
+/// A plain backward at the precision of S over the SPEC row groups of attention_test_util.hpp: P and
+/// dS rounded to S before their products, float32 accumulation, gradients rounded to S.
+template <class S>
+grads plain_backward(const tensor4& q, const tensor4& k, const tensor4& v, const tensor4& dout,
+                     const owned_tokens& tokens, const variant_spec& variant, double scale_in) {
+    const std::size_t B = q.shape()[0], Hq = q.shape()[1], Lq = q.shape()[2], D = q.shape()[3];
+    const std::size_t Hkv = k.shape()[1], Lk = k.shape()[2];
+    const float scale = scale_in == 0.0 ? 1.0f / std::sqrt(static_cast<float>(D)) : static_cast<float>(scale_in);
+    grads g{tensor4(q.shape()), tensor4(k.shape()), tensor4(k.shape())};
+    g.dq.fill(0.0f);
+    g.dk.fill(0.0f);
+    g.dv.fill(0.0f);
+    for_each_spec_row(tokens, variant, B, Lk, Lq, [&](std::size_t b, std::size_t i, std::size_t j, const auto& groups,
+                                                      bool self_term) {
+        for (std::size_t h = 0; h < Hq; ++h) {
+            const std::size_t hk = h / (Hq / Hkv);
+            for (const auto& grp : groups) {
+                const std::size_t n_keys = grp.keys.size();
+                std::vector<float> p(n_keys, 1.0f / static_cast<float>(n_keys));
+                if (!grp.uniform) {
+                    float mx = -std::numeric_limits<float>::infinity();
+                    for (std::size_t n = 0; n < n_keys; ++n) {
+                        float s = 0.0f;
+                        for (std::size_t d = 0; d < D; ++d) s += q(b, h, i, d) * k(b, hk, grp.keys[n], d);
+                        p[n] = s * scale;
+                        mx = std::max(mx, p[n]);
+                    }
+                    float total = 0.0f;
+                    for (auto& x : p) total += (x = std::exp(x - mx));
+                    for (auto& x : p) x /= total;
+                }
+                std::vector<float> o(D, 0.0f);
+                for (std::size_t n = 0; n < n_keys; ++n)
+                    for (std::size_t d = 0; d < D; ++d) o[d] += round_to<S>(p[n]) * v(b, hk, grp.keys[n], d);
+                float delta = 0.0f;
+                for (std::size_t d = 0; d < D; ++d) delta += dout(b, h, i, d) * o[d];
+                for (std::size_t n = 0; n < n_keys; ++n) {
+                    const std::size_t key = grp.keys[n];
+                    const float pr = round_to<S>(p[n]);
+                    float dp = 0.0f;
+                    for (std::size_t d = 0; d < D; ++d) {
+                        dp += dout(b, h, i, d) * v(b, hk, key, d);
+                        g.dv(b, hk, key, d) += pr * dout(b, h, i, d);
+                    }
+                    if (grp.uniform) continue;
+                    const float ds = round_to<S>(p[n] * (dp - delta)) * scale;
+                    for (std::size_t d = 0; d < D; ++d) {
+                        g.dq(b, h, i, d) += ds * k(b, hk, key, d);
+                        g.dk(b, hk, key, d) += ds * q(b, h, i, d);
+                    }
+                }
+            }
+            if (self_term)
+                for (std::size_t d = 0; d < D; ++d) g.dv(b, hk, j, d) += dout(b, h, i, d);
+        }
+    });
+    for (tensor4* t : {&g.dq, &g.dk, &g.dv})
+        for (std::size_t n = 0; n < t->size(); ++n) t->data()[n] = round_to<S>(t->data()[n]);
+    return g;
+}
+
+/// The statistics of two forwards agree: same empty groups (-inf max, 0 sum), finite values within
+/// tol relative to the largest magnitude of the array.
+inline ::testing::AssertionResult stats_close(const tensor4& gpu, const tensor4& cpu, double tol) {
+    double worst = 0.0, scale = 0.0;
+    for (std::size_t n = 0; n < cpu.size(); ++n)
+        if (std::isfinite(cpu.data()[n])) scale = std::max(scale, static_cast<double>(std::abs(cpu.data()[n])));
+    for (std::size_t n = 0; n < cpu.size(); ++n) {
+        const float a = gpu.data()[n], b = cpu.data()[n];
+        if (std::isinf(b)) {
+            if (!(a == b)) return ::testing::AssertionFailure() << "element " << n << ": " << a << ", expected " << b;
+            continue;
+        }
+        if (!std::isfinite(a)) return ::testing::AssertionFailure() << "element " << n << ": " << a << ", expected " << b;
+        worst = std::max(worst, static_cast<double>(std::abs(a - b)));
+    }
+    if (worst <= tol * std::max(scale, 1e-30)) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure() << "max diff " << worst << " > " << tol << " * " << scale;
+}
+
+inline tensor4 flat(const mmca::tensor<float, 5>& t) {
+    tensor4 r(std::array<std::size_t, 4>{t.shape()[0], t.shape()[1], t.shape()[2], t.shape()[3] * t.shape()[4]});
+    std::copy(t.data(), t.data() + t.size(), r.data());
+    return r;
 }
 
 }  // namespace mmca_cuda_test

@@ -87,15 +87,17 @@ struct backward_run {
 
 /// mmca::cuda::attention_forward_with_stats<S> (run.kernel picks the forward kernel) followed by
 /// mmca::cuda::attention_backward<S> with dout; inputs rounded to S. All device outputs start as
-/// NaN. block: attention_backward_config::block (0 automatic).
+/// NaN. block: attention_backward_config::block (0 automatic); tensor_cores: the backward's
+/// tensor-core kernels (attention_backward_config::kernel = tensor_cores), else the automatic choice.
 template <class S>
 backward_run run_backward(const tensor4& q, const tensor4& k, const tensor4& v, const tensor4& dout,
                           const mmca::token_layout& tokens, const mmca::attention_options& options,
-                          const run_options& run = {}, int block = 0);
+                          const run_options& run = {}, int block = 0, bool tensor_cores = false);
 
 /// The message of the mmca::invalid_argument that mmca::cuda::attention_backward<float> throws when
 /// `broken` names one of its arguments to pass with a wrong shape ("dq", "dk", "dv", "dout",
-/// "row_max", "group_out"); "" when it accepts the call.
+/// "row_max", "group_out") or "config.kernel" (tensor cores asked for float32 inputs); "" when it
+/// accepts the call.
 std::string backward_error(const tensor4& q, const tensor4& k, const tensor4& v, const mmca::token_layout& tokens,
                            const mmca::attention_options& options, const std::string& broken);
 

@@ -25,7 +25,7 @@ mmca::cuda::device_buffer upload_as(const std::vector<float>& values) {
 
 template <class S>
 std::vector<float> cuda_dense_attention_run(const host_heads& q, const host_heads& k, const host_heads& v,
-                                            std::int64_t heads, std::int64_t head_dim, float scale) {
+                                            std::int64_t heads, std::int64_t head_dim, float scale, bool fused) {
     const mmca::cuda::device_buffer dq = upload_as<S>(q.values), dk = upload_as<S>(k.values), dv = upload_as<S>(v.values);
     const std::int64_t W = heads * head_dim;
     mmca::cuda::device_buffer dout(static_cast<std::size_t>(q.rows * W) * sizeof(S));
@@ -34,6 +34,7 @@ std::vector<float> cuda_dense_attention_run(const host_heads& q, const host_head
     };
     mmca::cuda::cublas_handle handle;
     mmca::cuda::dense_attention_scratch scratch;
+    scratch.fused = fused;
     mmca::cuda::dense_attention<S>(handle, heads_of(q, dq), heads_of(k, dk), heads_of(v, dv), heads, head_dim, scale,
                                    mmca::tensor_ref<S, 2>(dout.as<S>(), {q.rows, W}), scratch, nullptr);
     std::vector<S> host(static_cast<std::size_t>(q.rows * W));
@@ -92,7 +93,8 @@ chat_script_result cuda_chat_script(const std::string& path, const mmca::visual_
 
 #define MMCA_VISION_SUPPORT(S)                                                                                   \
     template std::vector<float> cuda_dense_attention_run<S>(const host_heads&, const host_heads&,              \
-                                                            const host_heads&, std::int64_t, std::int64_t, float); \
+                                                            const host_heads&, std::int64_t, std::int64_t, float,  \
+                                                            bool);                                                 \
     template std::vector<float> cuda_qwen_encode<S>(const mmca::vision::qwen_vit&, const std::vector<float>&,  \
                                                     std::int64_t);                                              \
     template std::vector<float> cuda_clip_encode<S>(const mmca::vision::clip_vit&, const std::vector<float>&,  \

@@ -30,10 +30,12 @@ struct host_heads {
     std::int64_t rows = 0, row_stride = 0, head_stride = 0, offset = 0;
 };
 
-/// out (q.rows, heads · D) of mmca::cuda::dense_attention<S> on copies of q, k, v converted to S.
+/// out (q.rows, heads · D) of mmca::cuda::dense_attention<S> on copies of q, k, v converted to S;
+/// fused = false keeps it on the unfused path (dense_attention_scratch::fused).
 template <class S>
 std::vector<float> cuda_dense_attention_run(const host_heads& q, const host_heads& k, const host_heads& v,
-                                            std::int64_t heads, std::int64_t head_dim, float scale);
+                                            std::int64_t heads, std::int64_t head_dim, float scale,
+                                            bool fused = true);
 
 /// (n, Q, E) of mmca::cuda::qwen_vit<S> built from `host`, for n images (n, 3, S, S).
 template <class S>

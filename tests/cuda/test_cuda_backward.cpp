@@ -9,6 +9,8 @@
 //   float16/bfloat16:  max|gpu - ref| <= 2 * max|plain - ref| + u * max|ref| per gradient, where
 //                      `plain` is a plain backward at the same precision (P and dS rounded to the
 //                      type before their products, float32 accumulation, outputs rounded)
+// float16/bfloat16 cases that the tensor-core kernels serve (D <= 128, a multiple of 8) run the
+// backward both ways: the automatic choice and attention_backward_config::kernel = tensor_cores.
 // All device outputs start as NaN: every element of dq, dk and dv must be written.
 // Without a CUDA device every test is skipped.
 #include "attention_test_util.hpp"
@@ -25,6 +27,7 @@
 #include <limits>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace mmca_cuda_test {
@@ -32,103 +35,6 @@ namespace {
 
 using mmca_test::all_close;
 using mmca_test::bitwise_equal;
-
-struct grads {
-    tensor4 dq, dk, dv;
-};
-
-/// A plain backward at the precision of S over the SPEC row groups of attention_test_util.hpp.
-template <class S>
-grads plain_backward(const tensor4& q, const tensor4& k, const tensor4& v, const tensor4& dout,
-                     const owned_tokens& tokens, const variant_spec& variant, double scale_in) {
-    const std::size_t B = q.shape()[0], Hq = q.shape()[1], Lq = q.shape()[2], D = q.shape()[3];
-    const std::size_t Hkv = k.shape()[1], Lk = k.shape()[2];
-    const float scale = scale_in == 0.0 ? 1.0f / std::sqrt(static_cast<float>(D)) : static_cast<float>(scale_in);
-    grads g{tensor4(q.shape()), tensor4(k.shape()), tensor4(k.shape())};
-    g.dq.fill(0.0f);
-    g.dk.fill(0.0f);
-    g.dv.fill(0.0f);
-    for (std::size_t b = 0; b < B; ++b) {
-        const mmca_test::sequence_keys seq = mmca_test::keys_of_sequence(tokens, b, Lk, Lq);
-        const std::size_t kvl = seq.kv_len, ql = seq.q_len;
-        const std::vector<std::int8_t>& types = seq.types;
-        const std::vector<std::int32_t>& ids = seq.ids;
-        for (std::size_t i = 0; i < ql; ++i) {
-            const std::size_t j = kvl - ql + i;
-            bool self_term = false;
-            const auto groups = mmca_test::spec_row_groups(variant, types.data(), ids.data(), kvl, j, self_term);
-            for (std::size_t h = 0; h < Hq; ++h) {
-                const std::size_t hk = h / (Hq / Hkv);
-                for (const auto& grp : groups) {
-                    const std::size_t n_keys = grp.keys.size();
-                    std::vector<float> p(n_keys, 1.0f / static_cast<float>(n_keys));
-                    if (!grp.uniform) {
-                        float mx = -std::numeric_limits<float>::infinity();
-                        for (std::size_t n = 0; n < n_keys; ++n) {
-                            float s = 0.0f;
-                            for (std::size_t d = 0; d < D; ++d) s += q(b, h, i, d) * k(b, hk, grp.keys[n], d);
-                            p[n] = s * scale;
-                            mx = std::max(mx, p[n]);
-                        }
-                        float total = 0.0f;
-                        for (auto& x : p) total += (x = std::exp(x - mx));
-                        for (auto& x : p) x /= total;
-                    }
-                    std::vector<float> o(D, 0.0f);
-                    for (std::size_t n = 0; n < n_keys; ++n)
-                        for (std::size_t d = 0; d < D; ++d) o[d] += round_to<S>(p[n]) * v(b, hk, grp.keys[n], d);
-                    float delta = 0.0f;
-                    for (std::size_t d = 0; d < D; ++d) delta += dout(b, h, i, d) * o[d];
-                    for (std::size_t n = 0; n < n_keys; ++n) {
-                        const std::size_t key = grp.keys[n];
-                        const float pr = round_to<S>(p[n]);
-                        float dp = 0.0f;
-                        for (std::size_t d = 0; d < D; ++d) {
-                            dp += dout(b, h, i, d) * v(b, hk, key, d);
-                            g.dv(b, hk, key, d) += pr * dout(b, h, i, d);
-                        }
-                        if (grp.uniform) continue;
-                        const float ds = round_to<S>(p[n] * (dp - delta)) * scale;
-                        for (std::size_t d = 0; d < D; ++d) {
-                            g.dq(b, h, i, d) += ds * k(b, hk, key, d);
-                            g.dk(b, hk, key, d) += ds * q(b, h, i, d);
-                        }
-                    }
-                }
-                if (self_term)
-                    for (std::size_t d = 0; d < D; ++d) g.dv(b, hk, j, d) += dout(b, h, i, d);
-            }
-        }
-    }
-    for (tensor4* t : {&g.dq, &g.dk, &g.dv})
-        for (std::size_t n = 0; n < t->size(); ++n) t->data()[n] = round_to<S>(t->data()[n]);
-    return g;
-}
-
-/// The statistics of two forwards agree: same empty groups (-inf max, 0 sum), finite values within
-/// tol relative to the largest magnitude of the array.
-::testing::AssertionResult stats_close(const tensor4& gpu, const tensor4& cpu, double tol) {
-    double worst = 0.0, scale = 0.0;
-    for (std::size_t n = 0; n < cpu.size(); ++n)
-        if (std::isfinite(cpu.data()[n])) scale = std::max(scale, static_cast<double>(std::abs(cpu.data()[n])));
-    for (std::size_t n = 0; n < cpu.size(); ++n) {
-        const float a = gpu.data()[n], b = cpu.data()[n];
-        if (std::isinf(b)) {
-            if (!(a == b)) return ::testing::AssertionFailure() << "element " << n << ": " << a << ", expected " << b;
-            continue;
-        }
-        if (!std::isfinite(a)) return ::testing::AssertionFailure() << "element " << n << ": " << a << ", expected " << b;
-        worst = std::max(worst, static_cast<double>(std::abs(a - b)));
-    }
-    if (worst <= tol * std::max(scale, 1e-30)) return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure() << "max diff " << worst << " > " << tol << " * " << scale;
-}
-
-tensor4 flat(const mmca::tensor<float, 5>& t) {
-    tensor4 r(std::array<std::size_t, 4>{t.shape()[0], t.shape()[1], t.shape()[2], t.shape()[3] * t.shape()[4]});
-    std::copy(t.data(), t.data() + t.size(), r.data());
-    return r;
-}
 
 bool tiled_serves(const gpu_case& c, dtype_kind d) {
     const std::size_t chunk = d == dtype_kind::f32 ? 4 : 8;
@@ -166,12 +72,17 @@ void check_backward(const variant_spec& variant, const gpu_case& c, dtype_kind d
         SCOPED_TRACE(std::string("forward kernel ") + kernel_name(kernel));
         run_options run;
         run.kernel = kernel;
-        const std::vector<int> blocks = dt == dtype_kind::f32 && c.D <= 128 && kernel == kernel_choice::rows
-                                            ? std::vector<int>{0, 32}
-                                            : std::vector<int>{0};
+        // Backward launches: (block, tensor cores); block -1 stands for the tensor-core kernels.
+        std::vector<int> blocks = dt == dtype_kind::f32 && c.D <= 128 && kernel == kernel_choice::rows
+                                      ? std::vector<int>{0, 32}
+                                      : std::vector<int>{0};
+        if (dt != dtype_kind::f32 && tiled_serves(c, dt)) blocks.push_back(-1);
         for (int block : blocks) {
-            SCOPED_TRACE("backward block " + std::to_string(block));
-            const backward_run r = run_backward<S>(q, k, v, dout, layout, options, run, block);
+            const bool tensor_cores = block < 0;
+            SCOPED_TRACE(tensor_cores ? std::string("backward on tensor cores")
+                                      : "backward block " + std::to_string(block));
+            const backward_run r =
+                run_backward<S>(q, k, v, dout, layout, options, run, tensor_cores ? 0 : block, tensor_cores);
             const tensor4* got[3] = {&r.dq, &r.dk, &r.dv};
             const tensor4* want[3] = {&ref.dq, &ref.dk, &ref.dv};
             const char* names[3] = {"dq", "dk", "dv"};
@@ -249,12 +160,16 @@ void check_backward_views() {
         run_options strided;
         strided.head_major_layout = true;
         strided.own_stream = true;
-        const backward_run a = run_backward<S>(p.q, p.k, p.v, dout, layout, options);
-        const backward_run b = run_backward<S>(p.q, p.k, p.v, dout, layout, options, strided);
-        const backward_run again = run_backward<S>(p.q, p.k, p.v, dout, layout, options);
-        for (const auto& [x, y] : {std::pair<const tensor4&, const tensor4&>{a.dq, b.dq}, {a.dk, b.dk}, {a.dv, b.dv},
-                                   {a.dq, again.dq}, {a.dk, again.dk}, {a.dv, again.dv}})
-            EXPECT_TRUE(bitwise_equal(x, y));
+        for (bool tensor_cores : {false, true}) {
+            if (tensor_cores && std::is_same_v<S, float>) continue;
+            SCOPED_TRACE(tensor_cores ? "tensor cores" : "automatic");
+            const backward_run a = run_backward<S>(p.q, p.k, p.v, dout, layout, options, {}, 0, tensor_cores);
+            const backward_run b = run_backward<S>(p.q, p.k, p.v, dout, layout, options, strided, 0, tensor_cores);
+            const backward_run again = run_backward<S>(p.q, p.k, p.v, dout, layout, options, {}, 0, tensor_cores);
+            for (const auto& [x, y] : {std::pair<const tensor4&, const tensor4&>{a.dq, b.dq}, {a.dk, b.dk},
+                                       {a.dv, b.dv}, {a.dq, again.dq}, {a.dk, again.dk}, {a.dv, again.dv}})
+                EXPECT_TRUE(bitwise_equal(x, y));
+        }
     }
 }
 
@@ -274,7 +189,7 @@ TEST(CudaBackwardErrors, NamesTheArgument) {
     const gpu_problem p = make_gpu_problem(c);
     const auto options = mmca_test::all_variants()[1].options();
     EXPECT_EQ(backward_error(p.q, p.k, p.v, p.tokens.layout(), options, ""), "");
-    for (const std::string name : {"dq", "dk", "dv", "dout", "row_max", "group_out"}) {
+    for (const std::string name : {"dq", "dk", "dv", "dout", "row_max", "group_out", "config.kernel"}) {
         SCOPED_TRACE(name);
         const std::string e = backward_error(p.q, p.k, p.v, p.tokens.layout(), options, name);
         EXPECT_NE(e.find("mmca::cuda::attention_backward"), std::string::npos) << e;

@@ -162,4 +162,41 @@ INSTANTIATE_TEST_SUITE_P(Cases, CudaPlan,
                              return std::get<1>(info.param).name + "_" + std::get<0>(info.param).name();
                          });
 
+// The plan of unmasked attention: every row's group 0 holds every key (block covers full, the last
+// block partial where it runs past Lk), group 1 is empty, and the tiles cover each row once.
+TEST(CudaDensePlan, EveryRowSeesEveryKey) {
+    for (const auto& [Lq, Lk] : {std::pair<std::int64_t, std::int64_t>{70, 70}, {33, 150}, {128, 64}, {1, 1}}) {
+        SCOPED_TRACE(std::to_string(Lq) + " x " + std::to_string(Lk));
+        const mmca::cuda::attention_plan plan = mmca::cuda::build_dense_attention_plan(Lq, Lk, 64);
+        ASSERT_EQ(plan.rows.size(), static_cast<std::size_t>(Lq));
+        EXPECT_TRUE(plan.fills.empty());
+        const auto prefix_len = static_cast<std::int32_t>(Lk + 1);
+        std::vector<int> covered(static_cast<std::size_t>(Lq), 0);
+        for (const mmca::cuda::device_tile& t : plan.tiles) {
+            EXPECT_EQ(t.key_lo, 0);
+            EXPECT_EQ(t.key_hi, Lk - 1);
+            for (std::int32_t r = 0; r < t.count; ++r) ++covered[static_cast<std::size_t>(t.first + r)];
+        }
+        for (int n : covered) EXPECT_EQ(n, 1);
+        for (std::int64_t i = 0; i < Lq; ++i) {
+            const mmca::cuda::device_row_plan& row = plan.rows[static_cast<std::size_t>(i)];
+            EXPECT_EQ(row.row, i);
+            EXPECT_EQ(row.flags, 0);
+            for (std::int32_t k = 0; k < Lk; ++k) {
+                const std::int32_t code = plan.key_codes[static_cast<std::size_t>(k)];
+                ASSERT_TRUE(mmca::cuda::group_contains(row, 0, k, mmca::cuda::key_code_type(code),
+                                                       mmca::cuda::key_code_image(code)));
+                ASSERT_FALSE(mmca::cuda::group_contains(row, 1, k, mmca::cuda::key_code_type(code),
+                                                        mmca::cuda::key_code_image(code)));
+            }
+            for (std::int32_t k0 = 0; k0 < Lk; k0 += 64) {
+                const std::int8_t c = mmca::cuda::classify_block(row, 0, plan.type_prefix.data(), prefix_len, k0, k0 + 64);
+                EXPECT_EQ(c, k0 + 64 <= Lk ? mmca::cuda::cover_full : mmca::cuda::cover_partial) << "block " << k0;
+                EXPECT_EQ(mmca::cuda::classify_block(row, 1, plan.type_prefix.data(), prefix_len, k0, k0 + 64),
+                          mmca::cuda::cover_none);
+            }
+        }
+    }
+}
+
 }  // namespace

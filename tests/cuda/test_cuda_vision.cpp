@@ -72,7 +72,7 @@ mmca::nn::head_matrix cpu_heads(const host_heads& h) {
 
 template <class S>
 void expect_dense_attention(std::int64_t Lq, std::int64_t Lk, std::int64_t heads, std::int64_t D, bool interleaved,
-                            double tol) {
+                            double tol, bool fused = true) {
     const std::int64_t W = heads * D;
     host_heads q, k, v;
     if (interleaved) {  // one (L, 3W) qkv buffer, per head [q | k | v]: QWen-VL's encoder
@@ -93,19 +93,27 @@ void expect_dense_attention(std::int64_t Lq, std::int64_t Lk, std::int64_t heads
     std::vector<float> want(static_cast<std::size_t>(Lq * W));
     mmca::nn::dense_attention(cpu_heads(q), cpu_heads(k), cpu_heads(v), heads, D, scale,
                               tensor_ref<float, 2>(want.data(), {Lq, W}));
-    const auto got = cuda_dense_attention_run<S>(q, k, v, heads, D, scale);
-    EXPECT_LE(norm_error(got, want), tol) << "Lq " << Lq << ", Lk " << Lk << ", " << heads << " heads of " << D;
+    const auto got = cuda_dense_attention_run<S>(q, k, v, heads, D, scale, fused);
+    EXPECT_LE(norm_error(got, want), tol) << "Lq " << Lq << ", Lk " << Lk << ", " << heads << " heads of " << D
+                                          << (fused ? "" : ", unfused");
 }
 
 TEST(CudaDenseAttention, MatchesCpuInEveryStorageType) {
     MMCA_REQUIRE_GPU();
-    // QWen-VL's encoder (16 heads of 104) on 256 tokens, and its resampler (256 queries, heads of 128).
-    expect_dense_attention<float>(256, 256, 16, 104, true, 1e-5);
-    expect_dense_attention<float>(64, 200, 4, 128, false, 1e-5);
-    expect_dense_attention<mmca::float16>(256, 256, 16, 104, true, 2e-3);
-    expect_dense_attention<mmca::float16>(64, 200, 4, 128, false, 2e-3);
-    expect_dense_attention<mmca::bfloat16>(256, 256, 16, 104, true, 1.6e-2);
-    expect_dense_attention<mmca::bfloat16>(64, 200, 4, 128, false, 1.6e-2);
+    // QWen-VL's encoder (16 heads of 104) on 256 tokens, and its resampler (256 queries, heads of 128),
+    // on the fused path (the tiled kernel) and on the unfused one (cuBLAS + softmax).
+    for (bool fused : {true, false}) {
+        expect_dense_attention<float>(256, 256, 16, 104, true, 1e-5, fused);
+        expect_dense_attention<float>(64, 200, 4, 128, false, 1e-5, fused);
+        expect_dense_attention<mmca::float16>(256, 256, 16, 104, true, 2e-3, fused);
+        expect_dense_attention<mmca::float16>(64, 200, 4, 128, false, 2e-3, fused);
+        expect_dense_attention<mmca::bfloat16>(256, 256, 16, 104, true, 1.6e-2, fused);
+        expect_dense_attention<mmca::bfloat16>(64, 200, 4, 128, false, 1.6e-2, fused);
+    }
+    // Heads the fused path does not take (36 values: not whole 16-byte chunks; 160: over 128) go
+    // the unfused way.
+    expect_dense_attention<mmca::bfloat16>(50, 50, 2, 36, false, 1.6e-2);
+    expect_dense_attention<float>(40, 70, 2, 160, false, 1e-5);
 }
 
 TEST(CudaDenseAttention, BadArgumentsNameTheArgument) {

@@ -19,8 +19,10 @@
 #include "mmca/attention/types.hpp"
 #include "mmca/backend/cuda/attention_fused.cuh"
 #include "mmca/backend/cuda/attention_plan.hpp"
+#include "mmca/backend/cuda/backward_kernel.hpp"
 #include "mmca/backend/cuda/common.cuh"
 #include "mmca/backend/cuda/kernels/attention_backward.cuh"
+#include "mmca/backend/cuda/kernels/attention_backward_mma.cuh"
 #include "mmca/core/error.hpp"
 #include "mmca/core/tensor.hpp"
 
@@ -34,7 +36,8 @@ namespace cuda {
 
 /// Launch choices of the backward (the default picks by head dim and shared memory).
 struct attention_backward_config {
-    int block = 0;  ///< rows and keys per tile: 0 = automatic, 32 or 64 (64 needs D <= 128)
+    int block = 0;  ///< rows and keys per tile: 0 = automatic, 32 or 64 (64 needs D <= 128); 64 for tensor_cores
+    backward_kernel kernel = backward_kernel::automatic;
 };
 
 namespace detail {
@@ -59,6 +62,46 @@ void launch_attention_backward(const attention_backward_params<DT>& params, std:
                         static_cast<unsigned>(f.kv_heads), static_cast<unsigned>(f.batch));
         dkdv_kernel<<<grid, bwd_threads, smem, stream>>>(params);
         MMCA_CUDA_CHECK(cudaGetLastError());
+    }
+}
+
+template <class DT, int DP>
+void launch_attention_backward_mma(const attention_backward_params<DT>& params, std::int32_t num_tiles,
+                                   cudaStream_t stream) {
+    using shape = bwd_mma_shape<DT, DP>;
+    const int smem = static_cast<int>(shape::smem_bytes);
+    const attention_params<DT>& f = params.f;
+    if (num_tiles > 0) {
+        auto dq_kernel = attention_bwd_dq_mma_kernel<DT, DP>;
+        MMCA_CUDA_CHECK(cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        dq_kernel<<<dim3(static_cast<unsigned>(num_tiles), static_cast<unsigned>(f.q_heads)), shape::threads, smem,
+                    stream>>>(params);
+        MMCA_CUDA_CHECK(cudaGetLastError());
+    }
+    if (f.kv_len > 0 && f.batch > 0) {
+        auto dkdv_kernel = attention_bwd_dkdv_mma_kernel<DT, DP>;
+        MMCA_CUDA_CHECK(cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        const dim3 grid(static_cast<unsigned>(ceil_div(static_cast<std::int64_t>(f.kv_len), shape::keys)),
+                        static_cast<unsigned>(f.kv_heads), static_cast<unsigned>(f.batch));
+        dkdv_kernel<<<grid, shape::threads, smem, stream>>>(params);
+        MMCA_CUDA_CHECK(cudaGetLastError());
+    }
+}
+
+/// Shared memory of the tensor-core backward for padded head dim dp (0 when no instance serves it).
+template <class DT>
+std::size_t backward_mma_smem_bytes(int dp) {
+    if constexpr (sizeof(DT) != 2) {
+        (void)dp;
+        return 0;
+    } else {
+        switch (dp) {
+            case 64: return bwd_mma_shape<DT, 64>::smem_bytes;
+            case 80: return bwd_mma_shape<DT, 80>::smem_bytes;
+            case 112: return bwd_mma_shape<DT, 112>::smem_bytes;
+            case 128: return bwd_mma_shape<DT, 128>::smem_bytes;
+            default: return 0;
+        }
     }
 }
 
@@ -125,6 +168,16 @@ public:
         detail::check_device_pointer(a.dk.data, where, "dk");
         detail::check_device_pointer(a.dv.data, where, "dv");
 
+        const std::string unsupported =
+            config.kernel == backward_kernel::tensor_cores ? tensor_core_obstacle(a, problem) : std::string();
+        MMCA_CHECK_ARG(config.kernel != backward_kernel::tensor_cores || unsupported.empty(), where, "config.kernel",
+                       "'tensor_cores' (" + unsupported + ")", "'ffma' or 'automatic' for this call");
+        MMCA_CHECK_ARG(config.kernel != backward_kernel::tensor_cores || config.block == 0 || config.block == 64, where,
+                       "config.block", mmca::detail::to_text(config.block), "0 or 64 with the tensor-core kernels");
+        const bool tensor_cores = config.kernel == backward_kernel::tensor_cores;
+        kernel_ = tensor_cores ? backward_kernel::tensor_cores : backward_kernel::ffma;
+        mma_dim_ = kernel_ == backward_kernel::tensor_cores ? detail::tiled_head_dim(problem.head_dim) : 0;
+
         dmax_ = problem.head_dim <= 64 ? 64 : problem.head_dim <= 128 ? 128 : 256;
         block_ = config.block;
         if (block_ == 0) {
@@ -135,6 +188,7 @@ public:
         }
         if (dmax_ == 64) block_ = 64;
         if (dmax_ == 256) block_ = 32;
+        if (kernel_ == backward_kernel::tensor_cores) block_ = 64;
 
         plan_ = build_attention_plan(problem, block_);
         const std::int64_t Lk = problem.kv_len;
@@ -224,6 +278,17 @@ public:
             MMCA_CUDA_CHECK(cudaGetLastError());
         }
         const std::int32_t num_tiles = f.num_tiles;
+        if constexpr (sizeof(device_type) == 2) {
+            if (kernel_ == backward_kernel::tensor_cores) {
+                switch (mma_dim_) {
+                    case 64: detail::launch_attention_backward_mma<device_type, 64>(params_, num_tiles, stream); break;
+                    case 80: detail::launch_attention_backward_mma<device_type, 80>(params_, num_tiles, stream); break;
+                    case 112: detail::launch_attention_backward_mma<device_type, 112>(params_, num_tiles, stream); break;
+                    default: detail::launch_attention_backward_mma<device_type, 128>(params_, num_tiles, stream); break;
+                }
+                return;
+            }
+        }
         if (dmax_ == 64)
             detail::launch_attention_backward<device_type, 64, 64, 64>(params_, num_tiles, stream);
         else if (dmax_ == 128 && block_ == 64)
@@ -236,13 +301,34 @@ public:
 
     /// Rows and keys per tile of the initialized call.
     int block() const { return block_; }
+    /// The kernels of the initialized call (tensor_cores or ffma).
+    backward_kernel kernel() const { return kernel_; }
+
+    /// Empty when the tensor-core kernels can run this call; otherwise why not.
+    static std::string tensor_core_obstacle(const attention_backward_arguments<T>& a,
+                                            const attention_problem& problem) {
+        if (sizeof(device_type) != 2) return "float32 inputs; the tensor-core kernels take float16 or bfloat16";
+        const int dp = detail::tiled_head_dim(problem.head_dim);
+        if (dp == 0 || problem.head_dim % 8 != 0)
+            return "head dim " + mmca::detail::to_text(problem.head_dim) + "; they need at most 128, a multiple of 8";
+        if (!detail::rows_aligned(a.q, 8) || !detail::rows_aligned(a.k, 8) || !detail::rows_aligned(a.v, 8) ||
+            !detail::rows_aligned(a.dout, 8))
+            return "rows of q, k, v or dout not 16-byte aligned";
+        const device_properties props = current_device_properties();
+        if (props.compute_capability < 80)
+            return "compute capability " + mmca::detail::to_text(props.compute_capability) + "; they need 80 or more";
+        if (detail::backward_mma_smem_bytes<device_type>(dp) > static_cast<std::size_t>(props.max_shared_per_block))
+            return "not enough shared memory per block";
+        return std::string();
+    }
     /// The host plan of the initialized call.
     const attention_plan& plan() const { return plan_; }
 
 private:
     attention_plan plan_;
     detail::attention_backward_params<device_type> params_{};
-    int dmax_ = 0, block_ = 0, multiprocessors_ = 1;
+    int dmax_ = 0, block_ = 0, mma_dim_ = 0, multiprocessors_ = 1;
+    backward_kernel kernel_ = backward_kernel::ffma;
     bool initialized_ = false;
     device_buffer rows_, fills_, tiles_, seq_tiles_, seq_begin_, codes_, prefix_, seq_len_, self_rows_, terms_;
 };

@@ -93,34 +93,13 @@ struct attention_arguments {
 
 namespace detail {
 
-constexpr int tiled_rows = 64;
 constexpr int max_devices = 64;  // devices whose shared-memory opt-in is cached per kernel
-constexpr std::size_t max_bound_table_bytes = 16384;  // tiled kernel: block-boundary table in shared memory
 
-/// The padded head dim of the tiled kernel instance that serves D (0: none).
-inline int tiled_head_dim(std::int64_t D) {
-    if (D <= 64) return 64;
-    if (D <= 80) return 80;
-    if (D <= 112) return 112;
-    if (D <= 128) return 128;
-    return 0;
-}
-
-template <class T>
-std::size_t tiled_smem_bytes(int dp) {
-    switch (dp) {
-        case 64: return tiled_shape<T, 64>::smem_bytes;
-        case 80: return tiled_shape<T, 80>::smem_bytes;
-        case 112: return tiled_shape<T, 112>::smem_bytes;
-        case 128: return tiled_shape<T, 128>::smem_bytes;
-        default: return 0;
-    }
-}
-
-/// Keys per block of the tiled kernel for device element type D.
+/// tiled_launch_memory_for (kernels/attention_tiled.cuh) on the current device.
 template <class D>
-constexpr std::int32_t tiled_block_keys() {
-    return tiled_shape<D, 64>::keys;
+tiled_launch_memory tiled_memory(const attention_plan& plan, int dp) {
+    const auto limit = static_cast<std::size_t>(current_device_properties().max_shared_per_block);
+    return tiled_launch_memory_for<D>(plan, dp, limit);
 }
 
 template <class U, std::size_t N>
@@ -180,33 +159,13 @@ void fill_tensor_params(attention_params<D>& params, const attention_arguments<T
     }
 }
 
-/// The sizes of a checked problem in the kernel arguments.
-template <class D>
-void set_problem_params(attention_params<D>& params, const attention_problem& problem) {
-    params.batch = static_cast<std::int32_t>(problem.batch);
-    params.q_heads = static_cast<std::int32_t>(problem.q_heads);
-    params.kv_heads = static_cast<std::int32_t>(problem.kv_heads);
-    params.group = static_cast<std::int32_t>(problem.group_size());
-    params.q_len = static_cast<std::int32_t>(problem.q_len);
-    params.kv_len = static_cast<std::int32_t>(problem.kv_len);
-    params.head_dim = static_cast<std::int32_t>(problem.head_dim);
-    params.scale_log2 = problem.scale * 1.4426950408889634f;
-}
-
 /// The device copies of a plan's arrays (uploaded by the caller) in the kernel arguments.
 template <class D>
 void set_plan_params(attention_params<D>& params, const attention_plan& plan, const device_buffer& rows,
                      const device_buffer& fills, const device_buffer& tiles, const device_buffer& key_codes,
                      const device_buffer& prefix, const device_buffer& seq_len) {
-    params.rows = rows.as<device_row_plan>();
-    params.num_rows = static_cast<std::int32_t>(plan.rows.size());
-    params.fills = fills.as<device_fill_row>();
-    params.num_fills = static_cast<std::int32_t>(plan.fills.size());
-    params.tiles = tiles.as<device_tile>();
-    params.num_tiles = static_cast<std::int32_t>(plan.tiles.size());
-    params.key_codes = key_codes.as<std::int32_t>();
-    params.type_prefix = prefix.as<std::int32_t>();
-    params.seq_kv_len = seq_len.as<std::int32_t>();
+    set_plan_arrays(params, plan, rows.as<device_row_plan>(), fills.as<device_fill_row>(), tiles.as<device_tile>(),
+                    key_codes.as<std::int32_t>(), prefix.as<std::int32_t>(), seq_len.as<std::int32_t>());
 }
 
 }  // namespace detail
@@ -272,19 +231,10 @@ public:
 
         params_.splits = 1;
         if (kernel_ == attention_kernel::tiled) {
-            // Block-boundary prefix counts in shared memory when the longest tile range allows.
-            const std::int32_t block = detail::tiled_block_keys<device_type>();
-            std::int32_t entries = 0;
-            for (const device_tile& t : plan_.tiles) entries = std::max(entries, t.key_hi / block - t.key_lo / block + 2);
-            const std::size_t base = detail::tiled_smem_bytes<device_type>(tiled_dim_);
-            const std::size_t with_table = base + 2u * static_cast<std::size_t>(entries) * sizeof(std::int32_t);
-            const device_properties props = current_device_properties();
-            const bool fits = entries * 2 * sizeof(std::int32_t) <= detail::max_bound_table_bytes &&
-                              with_table <= static_cast<std::size_t>(props.max_shared_per_block);
-            params_.bound_entries = fits ? entries : 0;
-            tiled_smem_ = fits ? with_table : base;
-            tiled_smem_limit_ = std::min<std::size_t>(base + detail::max_bound_table_bytes,
-                                                      static_cast<std::size_t>(props.max_shared_per_block));
+            const detail::tiled_launch_memory memory = detail::tiled_memory<device_type>(plan_, tiled_dim_);
+            params_.bound_entries = memory.bound_entries;
+            tiled_smem_ = memory.smem;
+            tiled_smem_limit_ = memory.smem_limit;
         }
         if (kernel_ == attention_kernel::rows && !plan_.rows.empty()) {
             int splits = config.splits;

@@ -281,5 +281,41 @@ inline attention_plan build_attention_plan(const attention_problem& p, std::int3
     return plan;
 }
 
+/// The plan of unmasked attention (every one of Lq query rows sees every one of Lk keys: the
+/// vision encoders' self-attention and their resampler's cross-attention) for the tiled kernel: one
+/// sequence of text keys, each row's group 0 the whole key range, tiles of tile_rows rows.
+inline attention_plan build_dense_attention_plan(std::int64_t Lq, std::int64_t Lk, std::int32_t tile_rows) {
+    attention_plan plan;
+    plan.batch = 1;
+    plan.q_len = Lq;
+    plan.kv_len = Lk;
+    plan.tile_rows = tile_rows;
+    const auto text = static_cast<std::int8_t>(token_type::text);
+    plan.key_types.assign(static_cast<std::size_t>(Lk), text);
+    plan.key_image_ids.assign(static_cast<std::size_t>(Lk), -1);
+    plan.key_codes.assign(static_cast<std::size_t>(Lk), key_code(text, -1));
+    plan.type_prefix.assign(static_cast<std::size_t>(2 * (Lk + 1)), 0);
+    for (std::int64_t k = 0; k <= Lk; ++k) plan.type_prefix[static_cast<std::size_t>(k)] = static_cast<std::int32_t>(k);
+    plan.seq_kv_len = {static_cast<std::int32_t>(Lk)};
+    plan.rows.resize(static_cast<std::size_t>(Lq));
+    for (std::int64_t i = 0; i < Lq; ++i) {
+        device_row_plan& r = plan.rows[static_cast<std::size_t>(i)];
+        r.position = static_cast<std::int32_t>(Lk - 1);
+        r.row = static_cast<std::int32_t>(i);
+        r.range[0][0] = {0, static_cast<std::int32_t>(Lk - 1), -1, 1u << text};
+    }
+    plan.max_active_rows = static_cast<std::int32_t>(Lq);
+    plan.active_keys = Lq * Lk;
+    for (std::int64_t first = 0; first < Lq; first += tile_rows) {
+        device_tile t;
+        t.first = static_cast<std::int32_t>(first);
+        t.count = static_cast<std::int32_t>(std::min<std::int64_t>(tile_rows, Lq - first));
+        t.key_lo = 0;
+        t.key_hi = static_cast<std::int32_t>(Lk - 1);
+        plan.tiles.push_back(t);
+    }
+    return plan;
+}
+
 }  // namespace cuda
 }  // namespace mmca

@@ -92,7 +92,7 @@ void attention_forward(const device_view& q, const device_view& k, const device_
 void attention_backward(const device_view& q, const device_view& k, const device_view& v, const device_view& dout,
                         const token_layout& tokens, const attention_options& options,
                         const attention_stats_view& stats, const device_view& dq, const device_view& dk,
-                        const device_view& dv, void* stream) {
+                        const device_view& dv, void* stream, backward_kernel kernel) {
     constexpr const char* where = "mmca::cuda::attention_backward";
     check_type(where, "k", k, q.type);
     check_type(where, "v", v, q.type);
@@ -104,7 +104,7 @@ void attention_backward(const device_view& q, const device_view& k, const device
         using T = decltype(tag);
         mmca::cuda::attention_backward<T>(as_const<T>(q), as_const<T>(k), as_const<T>(v), as_const<T>(dout), tokens,
                                           options, stats, as_mutable<T>(dq), as_mutable<T>(dk), as_mutable<T>(dv),
-                                          static_cast<cudaStream_t>(stream));
+                                          static_cast<cudaStream_t>(stream), attention_backward_config{0, kernel});
     });
 }
 

@@ -16,6 +16,7 @@
 
 #include "mmca/attention/stats.hpp"
 #include "mmca/attention/types.hpp"
+#include "mmca/backend/cuda/backward_kernel.hpp"
 #include "mmca/core/tensor.hpp"
 #include "mmca/language/config.hpp"
 #include "mmca/language/model.hpp"
@@ -86,11 +87,12 @@ void attention_forward(const device_view& q, const device_view& k, const device_
                        const attention_stats* stats = nullptr);
 
 /// The attention backward (mmca::cuda::attention_backward): dq, dk, dv from dout and the stats that
-/// attention_forward wrote for the same inputs.
+/// attention_forward wrote for the same inputs; `kernel` as attention_backward_config::kernel.
 void attention_backward(const device_view& q, const device_view& k, const device_view& v, const device_view& dout,
                         const token_layout& tokens, const attention_options& options,
                         const attention_stats_view& stats, const device_view& dq, const device_view& dk,
-                        const device_view& dv, void* stream = nullptr);
+                        const device_view& dv, void* stream = nullptr,
+                        backward_kernel kernel = backward_kernel::automatic);
 
 /// The LLaMa-2 decoder on the current device (mmca::cuda::llama_model<T>, mmca/backend/cuda/
 /// llama_backend.cuh) with its element type chosen at run time. Same calls and checks as

@@ -20,6 +20,7 @@
 #include "mmca/backend/cuda/attention_plan.hpp"
 #include "mmca/backend/cuda/common.cuh"
 #include "mmca/backend/cuda/kernels/attention_params.cuh"
+#include "mmca/backend/cuda/kernels/shared_memory.cuh"
 
 #include <cstdint>
 
@@ -244,7 +245,7 @@ template <class T, int DMAX, int BQ, int BK>
 __global__ void __launch_bounds__(bwd_threads) attention_bwd_dq_kernel(const attention_backward_params<T> p) {
     using shape = bwd_shape<DMAX, BQ, BK>;
     constexpr int ST = shape::stride, TS = shape::tile_stride, TR = shape::TR, DX = shape::DX;
-    extern __shared__ __align__(16) unsigned char smem[];
+    MMCA_CUDA_DYNAMIC_SHARED(smem);
     float* sq = reinterpret_cast<float*>(smem);
     float* sdo = sq + BQ * ST;
     float* sk = sdo + BQ * ST;
@@ -321,7 +322,7 @@ template <class T, int DMAX, int BQ, int BK>
 __global__ void __launch_bounds__(bwd_threads) attention_bwd_dkdv_kernel(const attention_backward_params<T> p) {
     using shape = bwd_shape<DMAX, BQ, BK>;
     constexpr int ST = shape::stride, TS = shape::tile_stride, TC = shape::TC, DX = shape::DX;
-    extern __shared__ __align__(16) unsigned char smem[];
+    MMCA_CUDA_DYNAMIC_SHARED(smem);
     float* sq = reinterpret_cast<float*>(smem);
     float* sdo = sq + BQ * ST;
     float* sk = sdo + BQ * ST;

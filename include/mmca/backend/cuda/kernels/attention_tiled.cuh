@@ -25,6 +25,7 @@
 #include "mmca/backend/cuda/kernels/attention_params.cuh"
 #include "mmca/backend/cuda/kernels/mma_sm80.cuh"
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -56,6 +57,59 @@ struct tiled_shape {
         + 6u * rows;                                                       // covers [3 slots][group][row]
 };
 
+constexpr int tiled_rows = 64;                        // active rows per tile (the plan's tile_rows)
+constexpr std::size_t max_bound_table_bytes = 16384;  // block-boundary table in shared memory, at most
+
+/// The padded head dim of the tiled kernel instance that serves D (0: none).
+inline int tiled_head_dim(std::int64_t D) {
+    if (D <= 64) return 64;
+    if (D <= 80) return 80;
+    if (D <= 112) return 112;
+    if (D <= 128) return 128;
+    return 0;
+}
+
+template <class T>
+std::size_t tiled_smem_bytes(int dp) {
+    switch (dp) {
+        case 64: return tiled_shape<T, 64>::smem_bytes;
+        case 80: return tiled_shape<T, 80>::smem_bytes;
+        case 112: return tiled_shape<T, 112>::smem_bytes;
+        case 128: return tiled_shape<T, 128>::smem_bytes;
+        default: return 0;
+    }
+}
+
+/// Keys per block of the tiled kernel for device element type D.
+template <class D>
+constexpr std::int32_t tiled_block_keys() {
+    return tiled_shape<D, 64>::keys;
+}
+
+/// Shared memory of a tiled-kernel launch: the block-boundary prefix counts go into shared memory
+/// when the longest tile range allows (bound_entries per token type, else 0); smem is the launch's
+/// dynamic size, smem_limit the most any launch of the instance asks for on a device with
+/// max_shared_per_block bytes per block (the kernel's opt-in attribute).
+struct tiled_launch_memory {
+    std::int32_t bound_entries = 0;
+    std::size_t smem = 0, smem_limit = 0;
+};
+
+template <class D>
+tiled_launch_memory tiled_launch_memory_for(const attention_plan& plan, int dp, std::size_t max_shared_per_block) {
+    const std::int32_t block = tiled_block_keys<D>();
+    std::int32_t entries = 0;
+    for (const device_tile& t : plan.tiles) entries = std::max(entries, t.key_hi / block - t.key_lo / block + 2);
+    const std::size_t base = tiled_smem_bytes<D>(dp);
+    const std::size_t with_table = base + 2u * static_cast<std::size_t>(entries) * sizeof(std::int32_t);
+    const bool fits = entries * 2 * sizeof(std::int32_t) <= max_bound_table_bytes && with_table <= max_shared_per_block;
+    tiled_launch_memory m;
+    m.bound_entries = fits ? entries : 0;
+    m.smem = fits ? with_table : base;
+    m.smem_limit = std::min<std::size_t>(base + max_bound_table_bytes, max_shared_per_block);
+    return m;
+}
+
 /// STATS: also write the statistics for the backward (a separate instance, so that the plain
 /// forward keeps its register allocation).
 template <class T, int DP, bool STATS = false>
@@ -65,7 +119,7 @@ __global__ void __launch_bounds__(128) attention_tiled_kernel(const attention_pa
                   DT = shape::dim_tiles, CHUNK = shape::chunk, CPR = shape::chunks_per_row, THREADS = shape::threads;
     const float neg_inf = -INFINITY;
 
-    extern __shared__ __align__(16) unsigned char smem[];
+    MMCA_CUDA_DYNAMIC_SHARED(smem);
     T* s_q = reinterpret_cast<T*>(smem);                  // (BM, STRIDE)
     T* s_k = s_q + BM * STRIDE;                           // (2, BK, STRIDE)
     T* s_v = s_k + 2 * BK * STRIDE;                       // (2, BK, STRIDE)

@@ -10,7 +10,13 @@
 //   C (16 x 8, float)       c[0], c[1]: (group, 2quad..+1)     c[2], c[3]: (group + 8, 2quad..+1)
 // Each 32-bit register of A or B holds two 16-bit values, the lower index in the lower half.
 // On targets older than sm_80 these functions trap; the host never launches such code there.
+//
+// Under MMCA_CUDA_WARP_EMULATION (tests/cuda_emulation/warp_emulation.hpp, included first) the host
+// emulator provides shared_address, the cp.async, ldmatrix and mma functions with these signatures,
+// and this header defines only pack_pair.
 #pragma once
+
+#include "mmca/backend/cuda/kernels/shared_memory.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -29,6 +35,8 @@ namespace detail {
 #define MMCA_CUDA_SM80_OR_TRAP() (void)0
 #define MMCA_CUDA_HAS_SM80 1
 #endif
+
+#if !defined(MMCA_CUDA_WARP_EMULATION)
 
 __device__ __forceinline__ std::uint32_t shared_address(const void* p) {
     return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
@@ -110,6 +118,8 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const std::uint32_t (&a
     MMCA_CUDA_SM80_OR_TRAP();
 #endif
 }
+
+#endif  // !MMCA_CUDA_WARP_EMULATION
 
 /// Two floats rounded to a packed pair of 16-bit values (first in the lower half).
 template <class T>

@@ -5,7 +5,15 @@
 //   out[:, h] = softmax(scale · q_h · k_hᵀ) · v_h        for each head h, every query row sees every key
 //
 // Heads are read in place from row-major matrices where they sit side by side (device_heads: the
-// fused qkv buffer of an encoder layer, any layout). Per call, for all heads at once:
+// fused qkv buffer of an encoder layer, any layout). Two paths:
+//
+// Fused (head dims up to 128 whose rows, head offsets and strides are whole 16-byte chunks, sm_80 or
+// newer): the tiled attention kernel (kernels/attention_tiled.cuh; tensor cores for 16-bit types)
+// with the plan of build_dense_attention_plan(), in which every row's one key group is all Lk
+// keys. One pass, online softmax, no (Lq, Lk) buffer; the plan is uploaded once per (Lq, Lk) and
+// kept in the scratch.
+//
+// Otherwise, per call, for all heads at once:
 //   scores (heads, Lq, Lk) float32 = scale · q · kᵀ      one strided-batched cuBLAS GEMM, float32 accumulation
 //   p = softmax(scores) per row                          one block per row: max, float64 sum of exp, normalise
 //   out_h = p_h · v_h                                    one strided-batched GEMM, written into out's columns
@@ -15,7 +23,11 @@
 // in float32).
 #pragma once
 
+#include "mmca/backend/cuda/attention_fused.cuh"
+#include "mmca/backend/cuda/attention_plan.hpp"
 #include "mmca/backend/cuda/device_weights.cuh"
+#include "mmca/backend/cuda/kernels/attention_params.cuh"
+#include "mmca/backend/cuda/kernels/attention_tiled.cuh"
 #include "mmca/backend/cuda/ops/gemm.cuh"
 #include "mmca/backend/cuda/ops/ops_common.cuh"
 
@@ -39,10 +51,15 @@ struct device_heads {
     std::int64_t offset = 0;
 };
 
-/// Work space of dense_attention, grown on demand.
+/// Work space of dense_attention, grown on demand: the scores of the unfused path, the device plan
+/// of the fused one (for the last (Lq, Lk) it served).
 struct dense_attention_scratch {
     device_array<float> scores;
     device_buffer probs;
+    attention_plan plan;
+    std::int64_t plan_q = -1, plan_k = -1;
+    device_buffer rows, fills, tiles, key_codes, prefix, seq_len;
+    bool fused = true;  ///< false: always the unfused path (tests compare the two)
 };
 
 namespace ops_detail {
@@ -96,6 +113,70 @@ void check_heads(const device_heads<T>& m, std::int64_t heads, std::int64_t head
                    "sizes below 2^31 (cuBLAS arguments)");
 }
 
+/// True when the fused path serves the call: a tiled-kernel head dim, 16-byte chunks everywhere,
+/// sm_80 or newer, enough shared memory.
+template <class D>
+bool dense_fused_applies(const device_heads<D>& q, const device_heads<D>& k, const device_heads<D>& v,
+                         const D* out, std::int64_t out_row_stride, std::int64_t head_dim) {
+    constexpr std::int64_t chunk = 16 / static_cast<std::int64_t>(sizeof(D));
+    const int dp = detail::tiled_head_dim(head_dim);
+    if (dp == 0 || head_dim % chunk != 0 || out_row_stride % chunk != 0) return false;
+    if (reinterpret_cast<std::uintptr_t>(out) % 16u != 0u) return false;
+    for (const device_heads<D>* m : {&q, &k, &v})
+        if (reinterpret_cast<std::uintptr_t>(m->data) % 16u != 0u || m->offset % chunk != 0 ||
+            m->head_stride % chunk != 0 || m->row_stride % chunk != 0)
+            return false;
+    const device_properties props = current_device_properties();
+    return props.compute_capability >= 80 &&
+           detail::tiled_smem_bytes<D>(dp) <= static_cast<std::size_t>(props.max_shared_per_block);
+}
+
+template <class D, int DP>
+void launch_dense_tiled(const detail::attention_params<D>& params, const detail::tiled_launch_memory& memory,
+                        cudaStream_t stream) {
+    auto kernel = detail::attention_tiled_kernel<D, DP, false>;
+    MMCA_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(memory.smem_limit)));
+    const auto blocks = static_cast<unsigned>(static_cast<std::int64_t>(params.num_tiles) * params.q_heads);
+    kernel<<<blocks, detail::tiled_shape<D, DP>::threads, memory.smem, stream>>>(params);
+    MMCA_CUDA_CHECK(cudaGetLastError());
+}
+
+/// The fused path of dense_attention (arguments checked, dense_fused_applies true).
+template <class D>
+void dense_attention_fused(const device_heads<D>& q, const device_heads<D>& k, const device_heads<D>& v,
+                           std::int64_t heads, std::int64_t head_dim, float scale, D* out, std::int64_t out_row_stride,
+                           dense_attention_scratch& scratch, cudaStream_t stream) {
+    const std::int64_t Lq = q.rows, Lk = k.rows;
+    if (scratch.plan_q != Lq || scratch.plan_k != Lk) {
+        scratch.plan = build_dense_attention_plan(Lq, Lk, detail::tiled_rows);
+        upload(scratch.rows, scratch.plan.rows, stream, false);
+        upload(scratch.tiles, scratch.plan.tiles, stream, false);
+        upload(scratch.key_codes, scratch.plan.key_codes, stream, false);
+        upload(scratch.prefix, scratch.plan.type_prefix, stream, false);
+        upload(scratch.seq_len, scratch.plan.seq_kv_len, stream, false);
+        scratch.plan_q = Lq;
+        scratch.plan_k = Lk;
+    }
+    auto view = [](const device_heads<D>& m) {
+        return detail::head_rows_view<D>{m.data + m.offset, m.row_stride, m.head_stride};
+    };
+    detail::attention_params<D> params = detail::dense_attention_params<D>(
+        view(q), view(k), view(v), out, out_row_stride, static_cast<std::int32_t>(heads),
+        static_cast<std::int32_t>(head_dim), static_cast<std::int32_t>(Lq), static_cast<std::int32_t>(Lk), scale);
+    detail::set_plan_params(params, scratch.plan, scratch.rows, scratch.fills, scratch.tiles, scratch.key_codes,
+                            scratch.prefix, scratch.seq_len);
+    const int dp = detail::tiled_head_dim(head_dim);
+    const detail::tiled_launch_memory memory = detail::tiled_memory<D>(scratch.plan, dp);
+    params.bound_entries = memory.bound_entries;
+    switch (dp) {
+        case 64: launch_dense_tiled<D, 64>(params, memory, stream); break;
+        case 80: launch_dense_tiled<D, 80>(params, memory, stream); break;
+        case 112: launch_dense_tiled<D, 112>(params, memory, stream); break;
+        default: launch_dense_tiled<D, 128>(params, memory, stream); break;
+    }
+}
+
 }  // namespace ops_detail
 
 /// out (Lq, heads · head_dim) = multi-head attention of q (Lq rows) over k and v (Lk rows each),
@@ -125,6 +206,18 @@ void dense_attention(const cublas_handle& handle, const device_heads<T>& q, cons
     ops_detail::require_device_memory(k.data, where, "k");
     ops_detail::require_device_memory(v.data, where, "v");
     ops_detail::require_device_memory(out.data, where, "out");
+
+    if (scratch.fused) {
+        const device_heads<D> dq{reinterpret_cast<const D*>(q.data), q.rows, q.row_stride, q.head_stride, q.offset};
+        const device_heads<D> dk{reinterpret_cast<const D*>(k.data), k.rows, k.row_stride, k.head_stride, k.offset};
+        const device_heads<D> dv{reinterpret_cast<const D*>(v.data), v.rows, v.row_stride, v.head_stride, v.offset};
+        D* o = reinterpret_cast<D*>(out.data);
+        const std::int64_t ld = ops_detail::row_stride(out);
+        if (ops_detail::dense_fused_applies<D>(dq, dk, dv, o, ld, head_dim)) {
+            ops_detail::dense_attention_fused<D>(dq, dk, dv, heads, head_dim, scale, o, ld, scratch, stream);
+            return;
+        }
+    }
 
     const std::size_t cells = static_cast<std::size_t>(heads * Lq * Lk);
     scratch.scores.resize(cells);
