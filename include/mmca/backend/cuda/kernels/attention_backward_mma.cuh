@@ -203,11 +203,6 @@ __global__ void __launch_bounds__(128) attention_bwd_dq_mma_kernel(const attenti
     constexpr int BM = shape::rows, BK = shape::keys, STRIDE = shape::stride, DT = shape::dim_tiles;
     MMCA_CUDA_DYNAMIC_SHARED(smem);
     const bwd_mma_smem<T, DP> sm(smem);
-    T *const s_q = sm.q, *const s_do = sm.dout, *const s_k = sm.k, *const s_v = sm.v;
-    device_row_plan* const s_plan = sm.plan;
-    float4* const s_terms = sm.terms;
-    std::int32_t* const s_code = sm.code;
-    std::int8_t* const s_cover = sm.cover;
 
     const attention_params<T>& f = p.f;
     const device_tile tile = f.tiles[blockIdx.x];
@@ -221,13 +216,13 @@ __global__ void __launch_bounds__(128) attention_bwd_dq_mma_kernel(const attenti
     const T* k_base = f.k + b * f.k_stride[0] + hk * f.k_stride[1];
     const T* v_base = f.v + b * f.v_stride[0] + hk * f.v_stride[1];
 
-    bwd_mma_load_rows(p, tile, h, s_plan, s_terms);
+    bwd_mma_load_rows(p, tile, h, sm.plan, sm.terms);
     __syncthreads();
-    bwd_copy_rows<DP, STRIDE>(s_q, BM, D, [&](int r) -> const T* {
-        return r < tile.count ? q_base + s_plan[r].row * f.q_stride[2] : nullptr;
+    bwd_copy_rows<DP, STRIDE>(sm.q, BM, D, [&](int r) -> const T* {
+        return r < tile.count ? q_base + sm.plan[r].row * f.q_stride[2] : nullptr;
     });
-    bwd_copy_rows<DP, STRIDE>(s_do, BM, D, [&](int r) -> const T* {
-        return r < tile.count ? do_base + s_plan[r].row * p.dout_stride[2] : nullptr;
+    bwd_copy_rows<DP, STRIDE>(sm.dout, BM, D, [&](int r) -> const T* {
+        return r < tile.count ? do_base + sm.plan[r].row * p.dout_stride[2] : nullptr;
     });
     cp_async_commit();
 
@@ -245,33 +240,34 @@ __global__ void __launch_bounds__(128) attention_bwd_dq_mma_kernel(const attenti
     for (int blk = first; blk <= last; ++blk) {
         const int k0 = blk * BK;
         std::int8_t c = cover_none;
-        if (class_row < tile.count) c = classify_block(s_plan[class_row], class_group, prefix, prefix_len, k0, k0 + BK);
+        if (class_row < tile.count)
+            c = classify_block(sm.plan[class_row], class_group, prefix, prefix_len, k0, k0 + BK);
         const bool scored = c != cover_none &&
-                            !(s_plan[class_row].flags & (class_group == 0 ? plan_uniform0 : plan_uniform1));
+                            !(sm.plan[class_row].flags & (class_group == 0 ? plan_uniform0 : plan_uniform1));
         __syncthreads();  // every warp is done with the previous block's covers, K, V and codes
-        s_cover[class_group * BM + class_row] = c;
+        sm.cover[class_group * BM + class_row] = c;
         // Uniform groups send no gradient to Q: a block only they meet is skipped.
         if (!__syncthreads_or(scored)) continue;
         const int keys = min(BK, seq_len - k0);
-        bwd_copy_rows<DP, STRIDE>(s_k, BK, D, [&](int r) -> const T* {
+        bwd_copy_rows<DP, STRIDE>(sm.k, BK, D, [&](int r) -> const T* {
             return r < keys ? k_base + static_cast<std::int64_t>(k0 + r) * f.k_stride[2] : nullptr;
         });
-        bwd_copy_rows<DP, STRIDE>(s_v, BK, D, [&](int r) -> const T* {
+        bwd_copy_rows<DP, STRIDE>(sm.v, BK, D, [&](int r) -> const T* {
             return r < keys ? v_base + static_cast<std::int64_t>(k0 + r) * f.v_stride[2] : nullptr;
         });
-        if (tid < BK) s_code[tid] = tid < keys ? codes[k0 + tid] : 0;
+        if (tid < BK) sm.code[tid] = tid < keys ? codes[k0 + tid] : 0;
         cp_async_commit();
         cp_async_wait<0>();
         __syncthreads();
 
         float s[8][4], dp[8][4];
-        bwd_mma_scores<T, DP, STRIDE, 8>(s_q + warp * 16 * STRIDE, s_do + warp * 16 * STRIDE, s_k, s_v, s, dp);
+        bwd_mma_scores<T, DP, STRIDE, 8>(sm.q + warp * 16 * STRIDE, sm.dout + warp * 16 * STRIDE, sm.k, sm.v, s, dp);
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
             const int row = r0 + 8 * hr;
-            const device_row_plan& plan = s_plan[row];
-            const float4 terms[2] = {s_terms[2 * row], s_terms[2 * row + 1]};
-            std::int8_t cover[2] = {s_cover[row], s_cover[BM + row]};
+            const device_row_plan& plan = sm.plan[row];
+            const float4 terms[2] = {sm.terms[2 * row], sm.terms[2 * row + 1]};
+            std::int8_t cover[2] = {sm.cover[row], sm.cover[BM + row]};
             // Uniform groups take no part in dS.
             if (plan.flags & plan_uniform0) cover[0] = cover_none;
             if (plan.flags & plan_uniform1) cover[1] = cover_none;
@@ -281,12 +277,12 @@ __global__ void __launch_bounds__(128) attention_bwd_dq_mma_kernel(const attenti
                 for (int e = 0; e < 2; ++e) {
                     const int local = nt * 8 + 2 * quad + e;
                     float prob, grad;
-                    bwd_pair(plan, terms, cover, k0 + local, s_code[local], s[nt][2 * hr + e] * f.scale_log2,
+                    bwd_pair(plan, terms, cover, k0 + local, sm.code[local], s[nt][2 * hr + e] * f.scale_log2,
                              dp[nt][2 * hr + e], prob, grad);
                     s[nt][2 * hr + e] = grad * p.scale;
                 }
         }
-        bwd_mma_accumulate<T, DP, STRIDE, 8>(s, s_k, acc);
+        bwd_mma_accumulate<T, DP, STRIDE, 8>(s, sm.k, acc);
     }
     cp_async_wait<0>();  // a tile that met no block still committed its Q / dO copy
 
@@ -294,7 +290,7 @@ __global__ void __launch_bounds__(128) attention_bwd_dq_mma_kernel(const attenti
     for (int hr = 0; hr < 2; ++hr) {
         const int row = r0 + 8 * hr;
         if (row >= tile.count) continue;
-        T* dq = p.dq + b * p.dq_stride[0] + h * p.dq_stride[1] + s_plan[row].row * p.dq_stride[2];
+        T* dq = p.dq + b * p.dq_stride[0] + h * p.dq_stride[1] + sm.plan[row].row * p.dq_stride[2];
 #pragma unroll
         for (int dt = 0; dt < DT; ++dt) {
             const int d = dt * 8 + 2 * quad;
@@ -310,11 +306,6 @@ __global__ void __launch_bounds__(128) attention_bwd_dkdv_mma_kernel(const atten
     constexpr int BM = shape::rows, BK = shape::keys, STRIDE = shape::stride, DT = shape::dim_tiles;
     MMCA_CUDA_DYNAMIC_SHARED(smem);
     const bwd_mma_smem<T, DP> sm(smem);
-    T *const s_q = sm.q, *const s_do = sm.dout, *const s_k = sm.k, *const s_v = sm.v;
-    device_row_plan* const s_plan = sm.plan;
-    float4* const s_terms = sm.terms;
-    std::int32_t* const s_code = sm.code;
-    std::int8_t* const s_cover = sm.cover;
 
     const attention_params<T>& f = p.f;
     const int k0 = blockIdx.x * BK, hk = blockIdx.y, b = blockIdx.z, D = f.head_dim;
@@ -326,13 +317,13 @@ __global__ void __launch_bounds__(128) attention_bwd_dkdv_mma_kernel(const atten
     const T* k_base = f.k + b * f.k_stride[0] + hk * f.k_stride[1];
     const T* v_base = f.v + b * f.v_stride[0] + hk * f.v_stride[1];
 
-    bwd_copy_rows<DP, STRIDE>(s_k, BK, D, [&](int r) -> const T* {
+    bwd_copy_rows<DP, STRIDE>(sm.k, BK, D, [&](int r) -> const T* {
         return r < keys ? k_base + static_cast<std::int64_t>(k0 + r) * f.k_stride[2] : nullptr;
     });
-    bwd_copy_rows<DP, STRIDE>(s_v, BK, D, [&](int r) -> const T* {
+    bwd_copy_rows<DP, STRIDE>(sm.v, BK, D, [&](int r) -> const T* {
         return r < keys ? v_base + static_cast<std::int64_t>(k0 + r) * f.v_stride[2] : nullptr;
     });
-    if (tid < BK) s_code[tid] = tid < keys ? codes[k0 + tid] : 0;
+    if (tid < BK) sm.code[tid] = tid < keys ? codes[k0 + tid] : 0;
     cp_async_commit();
 
     const int group_id = lane >> 2, quad = lane & 3;
@@ -353,18 +344,18 @@ __global__ void __launch_bounds__(128) attention_bwd_dkdv_mma_kernel(const atten
             const device_tile tile = p.seq_tiles[t];
             if (tile.key_hi < k0 || tile.key_lo >= k0 + BK) continue;
             __syncthreads();  // every warp is done with the previous tile's rows
-            bwd_mma_load_rows(p, tile, h, s_plan, s_terms);
+            bwd_mma_load_rows(p, tile, h, sm.plan, sm.terms);
             __syncthreads();
             std::int8_t c = cover_none;
             if (class_row < tile.count)
-                c = classify_block(s_plan[class_row], class_group, prefix, prefix_len, k0, k0 + BK);
-            s_cover[class_group * BM + class_row] = c;
+                c = classify_block(sm.plan[class_row], class_group, prefix, prefix_len, k0, k0 + BK);
+            sm.cover[class_group * BM + class_row] = c;
             if (!__syncthreads_or(c != cover_none)) continue;
-            bwd_copy_rows<DP, STRIDE>(s_q, BM, D, [&](int r) -> const T* {
-                return r < tile.count ? q_base + s_plan[r].row * f.q_stride[2] : nullptr;
+            bwd_copy_rows<DP, STRIDE>(sm.q, BM, D, [&](int r) -> const T* {
+                return r < tile.count ? q_base + sm.plan[r].row * f.q_stride[2] : nullptr;
             });
-            bwd_copy_rows<DP, STRIDE>(s_do, BM, D, [&](int r) -> const T* {
-                return r < tile.count ? do_base + s_plan[r].row * p.dout_stride[2] : nullptr;
+            bwd_copy_rows<DP, STRIDE>(sm.dout, BM, D, [&](int r) -> const T* {
+                return r < tile.count ? do_base + sm.plan[r].row * p.dout_stride[2] : nullptr;
             });
             cp_async_commit();
             cp_async_wait<0>();
@@ -376,28 +367,28 @@ __global__ void __launch_bounds__(128) attention_bwd_dkdv_mma_kernel(const atten
             for (int half = 0; half < 2; ++half) {
                 const int row0 = half * 32;
                 float s[4][4], dp[4][4];
-                bwd_mma_scores<T, DP, STRIDE, 4>(s_k + warp * 16 * STRIDE, s_v + warp * 16 * STRIDE,
-                                                 s_q + row0 * STRIDE, s_do + row0 * STRIDE, s, dp);
+                bwd_mma_scores<T, DP, STRIDE, 4>(sm.k + warp * 16 * STRIDE, sm.v + warp * 16 * STRIDE,
+                                                 sm.q + row0 * STRIDE, sm.dout + row0 * STRIDE, s, dp);
 #pragma unroll
                 for (int hr = 0; hr < 2; ++hr) {
                     const int local = key_row0 + 8 * hr;
-                    const int key = k0 + local, code = s_code[local];
+                    const int key = k0 + local, code = sm.code[local];
 #pragma unroll
                     for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
                         for (int e = 0; e < 2; ++e) {
                             const int row = row0 + nt * 8 + 2 * quad + e;
-                            const float4 terms[2] = {s_terms[2 * row], s_terms[2 * row + 1]};
-                            const std::int8_t cover[2] = {s_cover[row], s_cover[BM + row]};
+                            const float4 terms[2] = {sm.terms[2 * row], sm.terms[2 * row + 1]};
+                            const std::int8_t cover[2] = {sm.cover[row], sm.cover[BM + row]};
                             float prob, grad;
-                            bwd_pair(s_plan[row], terms, cover, key, code, s[nt][2 * hr + e] * f.scale_log2,
+                            bwd_pair(sm.plan[row], terms, cover, key, code, s[nt][2 * hr + e] * f.scale_log2,
                                      dp[nt][2 * hr + e], prob, grad);
                             s[nt][2 * hr + e] = prob;
                             dp[nt][2 * hr + e] = grad * p.scale;
                         }
                 }
-                bwd_mma_accumulate<T, DP, STRIDE, 4>(s, s_do + row0 * STRIDE, acc_v);
-                bwd_mma_accumulate<T, DP, STRIDE, 4>(dp, s_q + row0 * STRIDE, acc_k);
+                bwd_mma_accumulate<T, DP, STRIDE, 4>(s, sm.dout + row0 * STRIDE, acc_v);
+                bwd_mma_accumulate<T, DP, STRIDE, 4>(dp, sm.q + row0 * STRIDE, acc_k);
             }
         }
     }
