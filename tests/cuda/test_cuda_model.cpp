@@ -8,10 +8,12 @@
 //
 // Tolerances, norm-wise over each call's logits (max |gpu - cpu| <= tol · max |cpu|):
 //   float32 storage: 1e-4 (the model-level bound of the CPU model against HF transformers);
-//   float16 / bfloat16: 1e-2 / 6e-2. The weights are rounded to the storage type for both models,
-//   so the difference is the GPU model's 16-bit activations and KV cache; the bounds are about
-//   twice the relative size of one rounding of the hidden state through two layers (u = 2^-11 for
-//   float16, 2^-8 for bfloat16, amplified by the logits' dependence on it).
+//   float16 / bfloat16: 64 u, with u = 2^-11 / 2^-8 (0.031 / 0.25). The weights are rounded to the
+//   storage type for both models, so the difference is the GPU model's 16-bit activations and KV
+//   cache, rounded after every operation of two layers. Measured (the emulated suite,
+//   tests/cuda_emulation): up to 35 u in float16 and 40 u in bfloat16 - the same multiple of u for
+//   both types, as rounding error scales and a logic error would not. The logic itself is held to
+//   1e-4 by the float32 case.
 #include "cuda_model_support.hpp"
 #include "cuda_test_support.hpp"
 #include "llama_steps.hpp"
@@ -98,14 +100,15 @@ TEST_P(CudaLlamaModel, Float16MatchesCpu) {
     MMCA_REQUIRE_GPU();
     random_llama r = make_random_llama(model_config(0), 32);
     round_weights(r, "F16");
-    expect_matches_cpu<mmca::float16>(load(r, "cuda_f16"), GetParam(), mmca::image_visibility::all, 1e-2, 6);
+    expect_matches_cpu<mmca::float16>(load(r, "cuda_f16"), GetParam(), mmca::image_visibility::all, 64 * 0x1p-11, 6);
 }
 
 TEST_P(CudaLlamaModel, Bfloat16MatchesCpu) {
     MMCA_REQUIRE_GPU();
     random_llama r = make_random_llama(model_config(0), 33);
     round_weights(r, "BF16");
-    expect_matches_cpu<mmca::bfloat16>(load(r, "cuda_bf16"), GetParam(), mmca::image_visibility::latest, 6e-2, 7);
+    expect_matches_cpu<mmca::bfloat16>(load(r, "cuda_bf16"), GetParam(), mmca::image_visibility::latest, 64 * 0x1p-8,
+                                       7);
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, CudaLlamaModel,

@@ -7,6 +7,9 @@
 // to the emulated dynamic shared memory), maps the CUDA keywords and built-in variables onto the
 // emulator, and provides host versions of every warp-level function the kernels call.
 //
+// mmca's launches (MMCA_CUDA_LAUNCH, mmca/backend/cuda/launch.cuh) call emulate_launch_on() under
+// emulation; emulated_runtime.cpp supplies the CUDA runtime and cuBLAS calls of the host code.
+//
 // Execution model: emulate_launch() runs the CTAs of the grid one after the other (blockIdx z, y,
 // x order). Each thread of a CTA is a fiber with its own stack; all fibers run on the calling OS
 // thread and switch only at barriers, so everything between two barriers runs without interruption.
@@ -651,6 +654,16 @@ void emulate_launch(Kernel kernel, dim3 grid, dim3 block, std::size_t dynamic_sm
     detail::run_grid(grid, block, dynamic_smem, &detail::invoke_body<decltype(body)>, &body);
 }
 
+/// MMCA_CUDA_LAUNCH under emulation (mmca/backend/cuda/launch.cuh): runs the grid now, on the calling
+/// thread. Emulated work is synchronous, so the stream only has to be a stream.
+template <class Stream, class Kernel, class... Args>
+void emulate_launch_on(Stream stream, Kernel kernel, dim3 grid, dim3 block, std::size_t dynamic_smem,
+                       const Args&... args) {
+    static_assert(std::is_convertible<Stream, cudaStream_t>::value, "MMCA_CUDA_LAUNCH: the stream is a cudaStream_t");
+    (void)stream;
+    emulate_launch(kernel, grid, block, dynamic_smem, args...);
+}
+
 /// The launch state of the running kernel (the built-in variables below read it).
 inline const uint3& thread_index() { return detail::self().thread_index; }
 inline const uint3& block_index() { return detail::state().block_index; }
@@ -802,6 +815,21 @@ inline void mma_16816(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t 
 #define blockDim (::mmca::cuda::emulation::block_dim())
 #define gridDim (::mmca::cuda::emulation::grid_dim())
 #define warpSize 32
+
+/// cuda_runtime.h's typed overload, which it declares for nvcc only.
+template <class T>
+inline cudaError_t cudaFuncSetAttribute(T* entry, cudaFuncAttribute attr, int value) {
+    return ::cudaFuncSetAttribute(reinterpret_cast<const void*>(entry), attr, value);
+}
+
+// Correctly rounded arithmetic that the device compiler may not fuse into an FMA. The translation
+// units of the emulator are built with -ffp-contract=off, so plain operators round the same way.
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
 
 inline void __syncthreads() { ::mmca::cuda::emulation::detail::block_barrier(0); }
 inline int __syncthreads_or(int predicate) {

@@ -51,8 +51,8 @@ void launch_attention_backward(const attention_backward_params<DT>& params, std:
     if (num_tiles > 0) {
         auto dq_kernel = attention_bwd_dq_kernel<DT, DMAX, BQ, BK>;
         MMCA_CUDA_CHECK(cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        dq_kernel<<<dim3(static_cast<unsigned>(num_tiles), static_cast<unsigned>(f.q_heads)), bwd_threads, smem,
-                    stream>>>(params);
+        MMCA_CUDA_LAUNCH(dq_kernel, dim3(static_cast<unsigned>(num_tiles), static_cast<unsigned>(f.q_heads)),
+                         bwd_threads, smem, stream, params);
         MMCA_CUDA_CHECK(cudaGetLastError());
     }
     if (f.kv_len > 0 && f.batch > 0) {
@@ -60,7 +60,7 @@ void launch_attention_backward(const attention_backward_params<DT>& params, std:
         MMCA_CUDA_CHECK(cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         const dim3 grid(static_cast<unsigned>(ceil_div(static_cast<std::int64_t>(f.kv_len), BK)),
                         static_cast<unsigned>(f.kv_heads), static_cast<unsigned>(f.batch));
-        dkdv_kernel<<<grid, bwd_threads, smem, stream>>>(params);
+        MMCA_CUDA_LAUNCH(dkdv_kernel, grid, bwd_threads, smem, stream, params);
         MMCA_CUDA_CHECK(cudaGetLastError());
     }
 }
@@ -74,8 +74,8 @@ void launch_attention_backward_mma(const attention_backward_params<DT>& params, 
     if (num_tiles > 0) {
         auto dq_kernel = attention_bwd_dq_mma_kernel<DT, DP>;
         MMCA_CUDA_CHECK(cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        dq_kernel<<<dim3(static_cast<unsigned>(num_tiles), static_cast<unsigned>(f.q_heads)), shape::threads, smem,
-                    stream>>>(params);
+        MMCA_CUDA_LAUNCH(dq_kernel, dim3(static_cast<unsigned>(num_tiles), static_cast<unsigned>(f.q_heads)),
+                         shape::threads, smem, stream, params);
         MMCA_CUDA_CHECK(cudaGetLastError());
     }
     if (f.kv_len > 0 && f.batch > 0) {
@@ -83,7 +83,7 @@ void launch_attention_backward_mma(const attention_backward_params<DT>& params, 
         MMCA_CUDA_CHECK(cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         const dim3 grid(static_cast<unsigned>(ceil_div(static_cast<std::int64_t>(f.kv_len), shape::keys)),
                         static_cast<unsigned>(f.kv_heads), static_cast<unsigned>(f.batch));
-        dkdv_kernel<<<grid, shape::threads, smem, stream>>>(params);
+        MMCA_CUDA_LAUNCH(dkdv_kernel, grid, shape::threads, smem, stream, params);
         MMCA_CUDA_CHECK(cudaGetLastError());
     }
 }
@@ -266,15 +266,15 @@ public:
             return static_cast<unsigned>(std::min<std::int64_t>(detail::ceil_div(items, warps), 64LL * multiprocessors_));
         };
         if (f.num_rows > 0) {
-            detail::attention_bwd_terms_kernel<device_type>
-                <<<blocks_for(static_cast<std::int64_t>(f.num_rows) * f.q_heads), detail::bwd_threads, 0, stream>>>(
-                    params_);
+            MMCA_CUDA_LAUNCH(detail::attention_bwd_terms_kernel<device_type>,
+                             blocks_for(static_cast<std::int64_t>(f.num_rows) * f.q_heads), detail::bwd_threads, 0,
+                             stream, params_);
             MMCA_CUDA_CHECK(cudaGetLastError());
         }
         if (f.num_fills > 0) {
-            detail::attention_bwd_zero_rows_kernel<device_type>
-                <<<blocks_for(static_cast<std::int64_t>(f.num_fills) * f.q_heads), detail::bwd_threads, 0, stream>>>(
-                    params_);
+            MMCA_CUDA_LAUNCH(detail::attention_bwd_zero_rows_kernel<device_type>,
+                             blocks_for(static_cast<std::int64_t>(f.num_fills) * f.q_heads), detail::bwd_threads, 0,
+                             stream, params_);
             MMCA_CUDA_CHECK(cudaGetLastError());
         }
         const std::int32_t num_tiles = f.num_tiles;

@@ -273,8 +273,8 @@ public:
             constexpr int warps = detail::fill_kernel_threads / 32;
             const std::int64_t items = static_cast<std::int64_t>(params_.num_fills) * Hq;
             const std::int64_t blocks = std::min<std::int64_t>(detail::ceil_div(items, warps), 64LL * multiprocessors_);
-            detail::attention_fill_kernel<device_type>
-                <<<static_cast<unsigned>(blocks), detail::fill_kernel_threads, 0, stream>>>(params_);
+            MMCA_CUDA_LAUNCH(detail::attention_fill_kernel<device_type>, static_cast<unsigned>(blocks),
+                             detail::fill_kernel_threads, 0, stream, params_);
             MMCA_CUDA_CHECK(cudaGetLastError());
         }
         if (params_.num_rows == 0) return;
@@ -288,14 +288,18 @@ public:
         } else {
             const dim3 grid(params_.num_rows, Hq, params_.splits);
             if (params_.head_dim <= 64)
-                detail::attention_rows_kernel<device_type, 4><<<grid, detail::rows_kernel_threads, 0, stream>>>(params_);
+                MMCA_CUDA_LAUNCH((detail::attention_rows_kernel<device_type, 4>), grid, detail::rows_kernel_threads, 0,
+                                 stream, params_);
             else if (params_.head_dim <= 128)
-                detail::attention_rows_kernel<device_type, 8><<<grid, detail::rows_kernel_threads, 0, stream>>>(params_);
+                MMCA_CUDA_LAUNCH((detail::attention_rows_kernel<device_type, 8>), grid, detail::rows_kernel_threads, 0,
+                                 stream, params_);
             else
-                detail::attention_rows_kernel<device_type, 16><<<grid, detail::rows_kernel_threads, 0, stream>>>(params_);
+                MMCA_CUDA_LAUNCH((detail::attention_rows_kernel<device_type, 16>), grid, detail::rows_kernel_threads, 0,
+                                 stream, params_);
             MMCA_CUDA_CHECK(cudaGetLastError());
             if (params_.splits > 1) {
-                detail::attention_combine_kernel<device_type><<<dim3(params_.num_rows, Hq), 128, 0, stream>>>(params_);
+                MMCA_CUDA_LAUNCH(detail::attention_combine_kernel<device_type>, dim3(params_.num_rows, Hq), 128, 0,
+                                 stream, params_);
                 MMCA_CUDA_CHECK(cudaGetLastError());
             }
         }
@@ -366,7 +370,7 @@ private:
             if (cached) opted_in[device].store(true, std::memory_order_release);
         }
         const std::int64_t blocks = static_cast<std::int64_t>(params_.num_tiles) * params_.q_heads;
-        kernel<<<static_cast<unsigned>(blocks), shape::threads, tiled_smem_, stream>>>(params_);
+        MMCA_CUDA_LAUNCH(kernel, static_cast<unsigned>(blocks), shape::threads, tiled_smem_, stream, params_);
         MMCA_CUDA_CHECK(cudaGetLastError());
     }
 

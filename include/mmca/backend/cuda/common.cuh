@@ -14,6 +14,7 @@
 #define EIGEN_NO_CUDA
 #endif
 
+#include "mmca/backend/cuda/launch.cuh"
 #include "mmca/core/dtype.hpp"
 #include "mmca/core/error.hpp"
 #include "mmca/core/tensor.hpp"

@@ -103,12 +103,13 @@ public:
             MMCA_CUDA_CHECK(cudaMemcpyAsync(start_take_.data(), start_take.data(), start_take.size() * sizeof(std::int32_t),
                                             cudaMemcpyHostToDevice, stream));
             const dim3 grid(static_cast<unsigned>(Ln), static_cast<unsigned>(kv_heads_), static_cast<unsigned>(batch_));
-            detail::kv_append_kernel<device_type><<<grid, 128, 0, stream>>>(
-                reinterpret_cast<const device_type*>(k_new.data), reinterpret_cast<const device_type*>(v_new.data),
-                k_new.strides[0], k_new.strides[1], k_new.strides[2], v_new.strides[0], v_new.strides[1],
-                v_new.strides[2], keys_.as<device_type>(), values_.as<device_type>(),
-                static_cast<std::int32_t>(kv_heads_), static_cast<std::int32_t>(capacity_),
-                static_cast<std::int32_t>(head_dim_), start_take_.as<std::int32_t>());
+            MMCA_CUDA_LAUNCH(detail::kv_append_kernel<device_type>, grid, 128, 0, stream,
+                             reinterpret_cast<const device_type*>(k_new.data),
+                             reinterpret_cast<const device_type*>(v_new.data), k_new.strides[0], k_new.strides[1],
+                             k_new.strides[2], v_new.strides[0], v_new.strides[1], v_new.strides[2],
+                             keys_.as<device_type>(), values_.as<device_type>(), static_cast<std::int32_t>(kv_heads_),
+                             static_cast<std::int32_t>(capacity_), static_cast<std::int32_t>(head_dim_),
+                             start_take_.as<std::int32_t>());
             MMCA_CUDA_CHECK(cudaGetLastError());
         }
         tokens_.record(types, image_ids, take);

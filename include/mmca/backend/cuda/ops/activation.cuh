@@ -79,9 +79,10 @@ void swiglu_forward(tensor_ref<const T, 2> gate, tensor_ref<const T, 2> up, tens
     ops_detail::require_device_memory(gate.data, where, "gate");
     ops_detail::require_device_memory(up.data, where, "up");
     ops_detail::require_device_memory(out.data, where, "out");
-    ops_detail::swiglu_kernel<D><<<ops_detail::elementwise_blocks(total), ops_detail::elementwise_threads, 0, stream>>>(
-        reinterpret_cast<const D*>(gate.data), ops_detail::row_stride(gate), reinterpret_cast<const D*>(up.data),
-        ops_detail::row_stride(up), reinterpret_cast<D*>(out.data), ops_detail::row_stride(out), total, I);
+    MMCA_CUDA_LAUNCH(ops_detail::swiglu_kernel<D>, ops_detail::elementwise_blocks(total),
+                     ops_detail::elementwise_threads, 0, stream, reinterpret_cast<const D*>(gate.data),
+                     ops_detail::row_stride(gate), reinterpret_cast<const D*>(up.data), ops_detail::row_stride(up),
+                     reinterpret_cast<D*>(out.data), ops_detail::row_stride(out), total, I);
     MMCA_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -103,10 +104,10 @@ void activation_forward(nn::activation act, tensor_ref<const T, 2> x, tensor_ref
     if (total == 0) return;
     ops_detail::require_device_memory(x.data, where, "x");
     ops_detail::require_device_memory(y.data, where, "y");
-    ops_detail::activation_kernel<D><<<ops_detail::elementwise_blocks(total), ops_detail::elementwise_threads, 0,
-                                       stream>>>(act, reinterpret_cast<const D*>(x.data), ops_detail::row_stride(x),
-                                                 reinterpret_cast<D*>(y.data), ops_detail::row_stride(y), total,
-                                                 x.shape[1]);
+    MMCA_CUDA_LAUNCH(ops_detail::activation_kernel<D>, ops_detail::elementwise_blocks(total),
+                     ops_detail::elementwise_threads, 0, stream, act, reinterpret_cast<const D*>(x.data),
+                     ops_detail::row_stride(x), reinterpret_cast<D*>(y.data), ops_detail::row_stride(y), total,
+                     x.shape[1]);
     MMCA_CUDA_CHECK(cudaGetLastError());
 }
 

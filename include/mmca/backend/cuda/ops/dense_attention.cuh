@@ -138,7 +138,7 @@ void launch_dense_tiled(const detail::attention_params<D>& params, const detail:
     MMCA_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(memory.smem_limit)));
     const auto blocks = static_cast<unsigned>(static_cast<std::int64_t>(params.num_tiles) * params.q_heads);
-    kernel<<<blocks, detail::tiled_shape<D, DP>::threads, memory.smem, stream>>>(params);
+    MMCA_CUDA_LAUNCH(kernel, blocks, (detail::tiled_shape<D, DP>::threads), memory.smem, stream, params);
     MMCA_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -237,8 +237,8 @@ void dense_attention(const cublas_handle& handle, const device_heads<T>& q, cons
         i32(k.row_stride), k.head_stride, q.data + q.offset, type, i32(q.row_stride), q.head_stride, &zero, scores,
         CUDA_R_32F, i32(Lk), Lq * Lk, i32(heads), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     constexpr int threads = ops_detail::row_threads;
-    ops_detail::softmax_rows_kernel<D, threads>
-        <<<static_cast<unsigned>(heads * Lq), threads, 0, stream>>>(scores, probs, Lk);
+    MMCA_CUDA_LAUNCH((ops_detail::softmax_rows_kernel<D, threads>), static_cast<unsigned>(heads * Lq), threads, 0,
+                     stream, scores, probs, Lk);
     MMCA_CUDA_CHECK(cudaGetLastError());
     // outᶜ_h (D × Lq) = v_hᶜ (D × Lk) · pᶜ_h (Lk × Lq): row-major out_h (Lq × D) = p_h · v_h, written
     // at column h · head_dim of out.

@@ -56,11 +56,10 @@ void embedding_forward(const std::int32_t* ids, std::int64_t n, tensor_ref<const
     // Pageable host memory is staged before cudaMemcpyAsync returns: ids may change after the call.
     MMCA_CUDA_CHECK(cudaMemcpyAsync(device_ids.data(), ids, static_cast<std::size_t>(n) * sizeof(std::int32_t),
                                     cudaMemcpyHostToDevice, stream));
-    ops_detail::embedding_kernel<DT, DO><<<ops_detail::elementwise_blocks(total), ops_detail::elementwise_threads, 0,
-                                           stream>>>(device_ids.as<const std::int32_t>(),
-                                                     reinterpret_cast<const DT*>(table.data),
-                                                     ops_detail::row_stride(table), reinterpret_cast<DO*>(out.data),
-                                                     ops_detail::row_stride(out), total, H);
+    MMCA_CUDA_LAUNCH((ops_detail::embedding_kernel<DT, DO>), ops_detail::elementwise_blocks(total),
+                     ops_detail::elementwise_threads, 0, stream, device_ids.as<const std::int32_t>(),
+                     reinterpret_cast<const DT*>(table.data), ops_detail::row_stride(table),
+                     reinterpret_cast<DO*>(out.data), ops_detail::row_stride(out), total, H);
     MMCA_CUDA_CHECK(cudaGetLastError());
 }
 

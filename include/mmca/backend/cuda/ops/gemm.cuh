@@ -204,8 +204,9 @@ void linear_forward(const cublas_handle& handle, tensor_ref<const T, 2> x, tenso
                                        CUBLAS_GEMM_DEFAULT));
         if constexpr (is_float) {
             if (bias != nullptr) {
-                ops_detail::bias_add_kernel<float><<<ops_detail::elementwise_blocks(total), ops_detail::elementwise_threads,
-                                              0, stream>>>(reinterpret_cast<float*>(y.data), g.ldc, bias, total, out);
+                MMCA_CUDA_LAUNCH(ops_detail::bias_add_kernel<float>, ops_detail::elementwise_blocks(total),
+                                 ops_detail::elementwise_threads, 0, stream, reinterpret_cast<float*>(y.data), g.ldc,
+                                 bias, total, out);
                 MMCA_CUDA_CHECK(cudaGetLastError());
             }
         }
@@ -218,9 +219,9 @@ void linear_forward(const cublas_handle& handle, tensor_ref<const T, 2> x, tenso
                                    ops_detail::to_int(g.lda), x.data, type, ops_detail::to_int(g.ldb), &beta,
                                    acc.data(), CUDA_R_32F, ops_detail::to_int(out), CUBLAS_COMPUTE_32F,
                                    CUBLAS_GEMM_DEFAULT));
-    ops_detail::bias_round_kernel<D><<<ops_detail::elementwise_blocks(total), ops_detail::elementwise_threads, 0,
-                                       stream>>>(acc.as<const float>(), bias, reinterpret_cast<D*>(y.data), g.ldc,
-                                                 total, out);
+    MMCA_CUDA_LAUNCH(ops_detail::bias_round_kernel<D>, ops_detail::elementwise_blocks(total),
+                     ops_detail::elementwise_threads, 0, stream, acc.as<const float>(), bias,
+                     reinterpret_cast<D*>(y.data), g.ldc, total, out);
     MMCA_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -68,9 +68,9 @@ void layernorm_forward(tensor_ref<const T, 2> x, const float* weight, const floa
     if (bias != nullptr) ops_detail::require_device_memory(bias, where, "bias");
     ops_detail::require_device_memory(y.data, where, "y");
     constexpr int threads = ops_detail::row_threads;
-    ops_detail::layernorm_kernel<Dev, threads><<<static_cast<unsigned>(N), threads, 0, stream>>>(
-        reinterpret_cast<const Dev*>(x.data), ops_detail::row_stride(x), weight, bias, eps,
-        reinterpret_cast<Dev*>(y.data), ops_detail::row_stride(y), dim);
+    MMCA_CUDA_LAUNCH((ops_detail::layernorm_kernel<Dev, threads>), static_cast<unsigned>(N), threads, 0, stream,
+                     reinterpret_cast<const Dev*>(x.data), ops_detail::row_stride(x), weight, bias, eps,
+                     reinterpret_cast<Dev*>(y.data), ops_detail::row_stride(y), dim);
     MMCA_CUDA_CHECK(cudaGetLastError());
 }
 

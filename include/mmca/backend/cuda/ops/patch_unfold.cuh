@@ -69,8 +69,9 @@ void extract_patches(tensor_ref<const float, 4> images, std::int64_t patch, tens
     ops_detail::require_device_memory(patches.data, where, "patches");
     const ops_detail::unfold_shape s{C, patch, Gh, Gw, images.strides[0], images.strides[1], images.strides[2],
                                      images.strides[3]};
-    ops_detail::unfold_kernel<D><<<ops_detail::elementwise_blocks(total), ops_detail::elementwise_threads, 0, stream>>>(
-        images.data, s, reinterpret_cast<D*>(patches.data), ops_detail::row_stride(patches), total, K);
+    MMCA_CUDA_LAUNCH(ops_detail::unfold_kernel<D>, ops_detail::elementwise_blocks(total),
+                     ops_detail::elementwise_threads, 0, stream, images.data, s, reinterpret_cast<D*>(patches.data),
+                     ops_detail::row_stride(patches), total, K);
     MMCA_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -43,10 +43,10 @@ void residual_add(tensor_ref<T, 2> h, tensor_ref<const T, 2> delta, const std::u
     ops_detail::require_device_memory(h.data, where, "h");
     ops_detail::require_device_memory(delta.data, where, "delta");
     if (update != nullptr) ops_detail::require_device_memory(update, where, "update");
-    ops_detail::residual_add_kernel<D><<<ops_detail::elementwise_blocks(total), ops_detail::elementwise_threads, 0,
-                                         stream>>>(reinterpret_cast<D*>(h.data), ops_detail::row_stride(h),
-                                                   reinterpret_cast<const D*>(delta.data),
-                                                   ops_detail::row_stride(delta), update, total, h.shape[1]);
+    MMCA_CUDA_LAUNCH(ops_detail::residual_add_kernel<D>, ops_detail::elementwise_blocks(total),
+                     ops_detail::elementwise_threads, 0, stream, reinterpret_cast<D*>(h.data),
+                     ops_detail::row_stride(h), reinterpret_cast<const D*>(delta.data), ops_detail::row_stride(delta),
+                     update, total, h.shape[1]);
     MMCA_CUDA_CHECK(cudaGetLastError());
 }
 

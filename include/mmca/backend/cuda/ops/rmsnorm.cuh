@@ -57,9 +57,9 @@ void rmsnorm_forward(tensor_ref<const T, 2> x, const float* weight, float eps, t
     ops_detail::require_device_memory(weight, where, "weight");
     ops_detail::require_device_memory(y.data, where, "y");
     constexpr int threads = ops_detail::row_threads;
-    ops_detail::rmsnorm_kernel<D, threads><<<static_cast<unsigned>(N), threads, 0, stream>>>(
-        reinterpret_cast<const D*>(x.data), ops_detail::row_stride(x), weight, eps, reinterpret_cast<D*>(y.data),
-        ops_detail::row_stride(y), H);
+    MMCA_CUDA_LAUNCH((ops_detail::rmsnorm_kernel<D, threads>), static_cast<unsigned>(N), threads, 0, stream,
+                     reinterpret_cast<const D*>(x.data), ops_detail::row_stride(x), weight, eps,
+                     reinterpret_cast<D*>(y.data), ops_detail::row_stride(y), H);
     MMCA_CUDA_CHECK(cudaGetLastError());
 }
 

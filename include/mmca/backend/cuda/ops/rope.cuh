@@ -103,9 +103,9 @@ void rope_apply(tensor_ref<T, 4> x, const rope_device_table& table, cudaStream_t
     ops_detail::require_device_memory(table.cos.data(), where, "table");
     ops_detail::require_device_memory(table.sin.data(), where, "table");
     const std::int64_t table_batch_stride = table.rows == B * L ? L : 0;
-    ops_detail::rope_kernel<D><<<ops_detail::elementwise_blocks(pairs), ops_detail::elementwise_threads, 0, stream>>>(
-        reinterpret_cast<D*>(x.data), pairs, H, L, Dim / 2, x.strides[0], x.strides[1], x.strides[2],
-        table_batch_stride, table.cos.as<const float>(), table.sin.as<const float>());
+    MMCA_CUDA_LAUNCH(ops_detail::rope_kernel<D>, ops_detail::elementwise_blocks(pairs), ops_detail::elementwise_threads,
+                     0, stream, reinterpret_cast<D*>(x.data), pairs, H, L, Dim / 2, x.strides[0], x.strides[1],
+                     x.strides[2], table_batch_stride, table.cos.as<const float>(), table.sin.as<const float>());
     MMCA_CUDA_CHECK(cudaGetLastError());
 }
 
