@@ -88,16 +88,19 @@ bool inside_allocation(const void* p, std::size_t bytes) {
 // Device memory that catches what compute-sanitizer's memcheck would on a GPU, as far as the host
 // can: an access past the end of the 256-byte-rounded allocation hits the guard page and stops the
 // process there (SIGSEGV, with the kernel's frame on the stack); a write into the rounding slack
-// between the requested size and the guard is found when the allocation is freed (the slack must
-// still hold the fill byte) and aborts with a message. Accesses before the start are not caught.
+// between the requested size and the guard, or into the 256 bytes before the start, is found when
+// the allocation is freed (those bytes must still hold the fill byte) and aborts with a message.
+// Not caught: reads of those bytes (they read as NaN), writes of the fill byte itself, and
+// accesses further before the start.
 constexpr unsigned char fill_byte = 0xFF;  // NaN in float32, float16 and bfloat16
+constexpr std::size_t head_canary_bytes = 256;  // checked at free like the tail slack
 
 cudaError_t allocate(void** p, std::size_t bytes, const char* function) {
     if (p == nullptr) return report(cudaErrorInvalidValue, function, "devPtr is null");
     *p = nullptr;
     if (bytes == 0) return cudaSuccess;
     const std::size_t rounded = round_up(bytes, allocation_alignment);
-    const std::size_t data = round_up(rounded, page_bytes());
+    const std::size_t data = round_up(rounded + head_canary_bytes, page_bytes());
     const std::size_t total = data + page_bytes();
     void* mapping = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mapping == MAP_FAILED) return report(cudaErrorMemoryAllocation, function, "out of host memory");
@@ -127,6 +130,15 @@ cudaError_t release(void* p, const char* function) {
         a = it->second;
         m.live.erase(it);
     }
+    const auto* head = static_cast<const unsigned char*>(p) - head_canary_bytes;
+    for (std::size_t i = 0; i < head_canary_bytes; ++i)
+        if (head[i] != fill_byte) {
+            std::fprintf(stderr,
+                         "mmca emulated CUDA runtime: %s: byte %zu before the start of an allocation of %zu "
+                         "bytes was written (an out-of-bounds device write)\n",
+                         function, head_canary_bytes - i, a.bytes);
+            std::abort();
+        }
     const auto* tail = static_cast<const unsigned char*>(p) + a.bytes;
     const std::size_t slack = round_up(a.bytes, allocation_alignment) - a.bytes;
     for (std::size_t i = 0; i < slack; ++i)
