@@ -5,6 +5,13 @@
 #
 # Needs: nvcc, CMake >= 3.21, ninja, python3 with PyTorch (CUDA); the third-party headers and
 # GoogleTest's source in .deps/ (scripts/vendor_deps.sh; the GPU machines have no -dev packages).
+#
+#   PREBUILT=.device/prebuilt.tar.xz bash scripts/device_check.sh
+#
+# takes the CUDA test executable and both CUDA libraries from an archive that
+# scripts/device_prebuild.sh made on another machine with the same nvcc, instead of building them
+# (the CUDA test sources take about 25 CPU-minutes to compile); mmca._cuda is then compiled on the
+# spot from python/src/bind_cuda.cpp against that libmmca_cuda.so (one C++ file, no nvcc).
 # Steps, each with its own time limit, each logging to $OUT/<step>.log:
 #   1. device facts (nvidia-smi, nvcc, torch)                     -> device.txt
 #   2. configure (Ninja, Release, CUDA on, sm_${CUDA_ARCH:-90}, no CPU benchmarks / examples; of
@@ -90,7 +97,40 @@ build() {
 }
 export ROOT BUILD ARCH JOBS DEPS NVCC EIGEN_INC TP_INC
 export -f build
-if ! step build 220 bash -c build; then
+
+# The prebuilt alternative: unpack; the Python module is compiled with the host compiler meanwhile
+# (step pymodule, in the background beside the tests).
+unpack() {
+  mkdir -p "${BUILD}/tests/cuda" "${BUILD}/python/mmca" "${BUILD}/prebuilt" || return 1
+  tar -xJf "${PREBUILT}" -C "${BUILD}/prebuilt" || return 1
+  mv "${BUILD}/prebuilt/mmca_cuda_tests" "${BUILD}/tests/cuda/" &&
+    mv "${BUILD}/prebuilt/libmmca_cuda.so" "${BUILD}/prebuilt/libmmca_cuda_capi.so" "${BUILD}/"
+}
+pymodule() {
+  local pybind_inc suffix eigen_inc="${EIGEN_INC}" tp_inc="${TP_INC}"
+  if [[ -d "${BUILD}/prebuilt/include/eigen3" ]]; then
+    eigen_inc="${BUILD}/prebuilt/include/eigen3"
+    tp_inc="${BUILD}/prebuilt/include"
+  fi
+  pybind_inc="$(python3 -m pybind11 --includes)" || return 1
+  suffix="$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')" || return 1
+  # shellcheck disable=SC2086
+  c++ -std=c++17 -O2 -DNDEBUG -shared -fPIC -fvisibility=hidden -fopenmp ${pybind_inc} -I"${ROOT}/include" \
+      -isystem "${eigen_inc}" -isystem "${tp_inc}" "${ROOT}/python/src/bind_cuda.cpp" \
+      -L"${BUILD}" -lmmca_cuda -Wl,-rpath,"${BUILD}" -o "${BUILD}/python/mmca/_cuda${suffix}"
+}
+PY_PID=""
+if [[ -n "${PREBUILT:-}" ]]; then
+  export PREBUILT
+  export -f unpack pymodule
+  export LD_LIBRARY_PATH="${BUILD}:/usr/local/cuda/lib64:/usr/local/cuda/lib${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}"
+  if ! step build 120 bash -c unpack; then
+    tail -40 "${OUT}/build.log"
+    exit 1
+  fi
+  step pymodule 240 bash -c pymodule &
+  PY_PID=$!
+elif ! step build 220 bash -c build; then
   tail -40 "${OUT}/build.log"
   exit 1
 fi
@@ -99,8 +139,9 @@ TESTS="${BUILD}/tests/cuda/mmca_cuda_tests"
 # 3. compute-sanitizer, in the background beside the tests, on a subset: the tiled tensor-core and
 #    float32 paths, the rows kernel with and without splits, the fill and combine kernels, the
 #    KV-cache append, the backward kernels (FFMA and tensor cores), the model ops, the dense
-#    attention, the vision encoders and the decoder model. memcheck: every variant on several
-#    cases in float32, float16 and bfloat16 plus decoding; racecheck (slower): a few cases.
+#    attention, the vision encoders, the decoder model, both CTA orders and the automatic backward
+#    choice. memcheck: every variant on several cases in float32, float16 and bfloat16 plus
+#    decoding; racecheck (slower): a few cases.
 MEM='Cases/CudaAttention.MatchesCpuReference/L37_D80*_bf16:Cases/CudaAttention.MatchesCpuReference/L37_D80*_f32'
 MEM+=':Cases/CudaAttention.MatchesCpuReference/Lk300_Lq45*_bf16:Cases/CudaAttention.MatchesCpuReference/Lk300_Lq45*_f32'
 MEM+=':Cases/CudaAttention.MatchesCpuReference/L257_D64*_f16:Cases/CudaAttention.MatchesCpuReference/L40_D256*_bf16'
@@ -110,7 +151,7 @@ MEM+=':Cases/CudaBackward.MatchesCpuReference/L37_D80*_bf16:Cases/CudaBackward.M
 MEM+=':Cases/CudaBackward.MatchesCpuReference/L40_D256*_f16:Cases/CudaBackward.MatchesCpuReference/B3_mixed*_f32'
 MEM+=':Cases/CudaBackward.MatchesCpuReference/Lk300_Lq45*_bf16:Cases/CudaBackward.MatchesCpuReference/L257_D64*_f16'
 MEM+=':CudaOps*:CudaDenseAttention.*:CudaQwenVit.Float32MatchesCpu:CudaClipVit.Float32MatchesCpu'
-MEM+=':Variants/CudaLlamaModel.Float32MatchesCpu/mmca'
+MEM+=':Variants/CudaLlamaModel.Float32MatchesCpu/mmca:CudaAttentionOrder.*:CudaBackwardAutomatic.*'
 RACE='Cases/CudaAttention.MatchesCpuReference/L37_D80_gqa21_interleaved_mmca*_bf16'
 RACE+=':Cases/CudaAttention.MatchesCpuReference/Lk300_Lq45_suffix_queries_causal_cross_latest_f32'
 RACE+=':Cases/CudaAttention.MatchesCpuReference/L257_D64_padding_mmca_f16'
@@ -126,8 +167,9 @@ RACE_PID=$!
 
 # 4. The CUDA tests, and mmca.cuda from Python (a package folder holding only cuda.py and _cuda:
 #    the CPU module is not built here).
-step tests 200 "${TESTS}" --gtest_brief=1 --gtest_color=no
+step tests 200 "${TESTS}" --gtest_brief=1 --gtest_color=no --gtest_output="xml:${OUT}/tests.xml"
 TEST_RC=$?
+[[ -z "${PY_PID}" ]] || wait "${PY_PID}"
 if ls "${BUILD}"/python/mmca/_cuda*.so > /dev/null 2>&1; then
   SHIM="${BUILD}/pyshim"
   rm -rf "${SHIM}" && mkdir -p "${SHIM}/mmca" "${SHIM}/tests"

@@ -67,9 +67,9 @@ def attention_backward(q, k, v, dout, row_max, row_sum, group_out, dq, dk, dv, t
                        image_ids=None, policy=None, scale=None, kv_lens=None, q_lens=None, stream: int = 0,
                        kernel: str = "automatic") -> None:
     """dq, dk, dv (written in place) of attention for the upstream gradient ``dout``, from the
-    statistics that :func:`attention` wrote for the same inputs. ``kernel``: ``"automatic"``,
-    ``"tensor_cores"`` (float16/bfloat16, head dim <= 128 and a multiple of 8, sm_80 or newer) or
-    ``"ffma"``. Asynchronous on ``stream``."""
+    statistics that :func:`attention` wrote for the same inputs. ``kernel``: ``"automatic"`` (the
+    tensor-core kernels where they serve, else FFMA), ``"tensor_cores"`` (float16/bfloat16, head dim
+    <= 128 and a multiple of 8, sm_80 or newer) or ``"ffma"``. Asynchronous on ``stream``."""
     t = _tokens("mmca.cuda.attention_backward", token_types, image_ids, kv_lens, q_lens)
     _cuda.attention_backward(q, k, v, dout, row_max, row_sum, group_out, dq, dk, dv, t["token_types"], variant,
                              image_ids=t["image_ids"], policy=policy, scale=scale, kv_lens=t["kv_lens"],

@@ -51,7 +51,7 @@ struct device_stats {
 template <class S>
 backward_run run_backward(const tensor4& q, const tensor4& k, const tensor4& v, const tensor4& dout,
                           const mmca::token_layout& tokens, const mmca::attention_options& options,
-                          const run_options& run, int block, bool tensor_cores) {
+                          const run_options& run, int block, mmca::cuda::backward_kernel kernel) {
     using dt = detail::device_tensor<S>;
     const bool hm = run.head_major_layout;
     const dt dq_in = dt::upload(q, hm), dk_in = dt::upload(k, hm), dv_in = dt::upload(v, hm), g = dt::upload(dout, hm);
@@ -69,12 +69,16 @@ backward_run run_backward(const tensor4& q, const tensor4& k, const tensor4& v, 
                                                 st.stats(), stream.stream, config);
     mmca::cuda::attention_backward_config bconfig;
     bconfig.block = block;
-    if (tensor_cores) bconfig.kernel = mmca::cuda::backward_kernel::tensor_cores;
-    mmca::cuda::attention_backward<S>(dq_in.cref(), dk_in.cref(), dv_in.cref(), g.cref(), tokens, options,
-                                      mmca::attention_stats_view(st.stats()), dq.ref(), dk.ref(), dv.ref(),
-                                      stream.stream, bconfig);
+    bconfig.kernel = kernel;
+    mmca::cuda::attention_backward_operator<S> op;
+    op.initialize(mmca::cuda::attention_backward_arguments<S>{dq_in.cref(), dk_in.cref(), dv_in.cref(), g.cref(),
+                                                              tokens, options, mmca::attention_stats_view(st.stats()),
+                                                              dq.ref(), dk.ref(), dv.ref()},
+                  bconfig, stream.stream, true);
+    op.run(stream.stream);
     stream.synchronize();
     backward_run r;
+    r.kernel = op.kernel();
     r.out = out.download();
     r.row_max = detail::device_stats::download(st.max_buf, B, H, L, 2);
     r.row_sum = detail::device_stats::download(st.sum_buf, B, H, L, 2);
@@ -91,5 +95,5 @@ backward_run run_backward(const tensor4& q, const tensor4& k, const tensor4& v, 
     namespace mmca_cuda_test {                                                                                      \
     template backward_run run_backward<S>(const tensor4&, const tensor4&, const tensor4&, const tensor4&,           \
                                           const mmca::token_layout&, const mmca::attention_options&,                \
-                                          const run_options&, int, bool);                                           \
+                                          const run_options&, int, mmca::cuda::backward_kernel);                    \
     }

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "mmca/attention/types.hpp"
+#include "mmca/backend/cuda/backward_kernel.hpp"
 #include "mmca/core/tensor.hpp"
 
 #include <cstdint>
@@ -45,12 +46,14 @@ struct run_options {
     int splits = 0;                 // rows kernel: key splits (0: automatic)
     bool head_major_layout = false; // store q/k/v/out as (B, L, H, D) in memory and pass strided views
     bool own_stream = false;        // run on a created stream instead of the default stream
+    std::string order = "automatic";  // tiled kernel's CTA order: "automatic", "tile_major", "head_major"
 };
 
 /// What the backend chose for a call.
 struct run_report {
     std::string kernel;  // "tiled" or "rows"
     int splits = 1;
+    std::string order;  // "tile_major" or "head_major"
 };
 
 /// mmca::cuda::attention_operator<S> on q, k, v rounded to S; returns the output widened to float.
@@ -83,16 +86,18 @@ struct backward_run {
     tensor4 row_sum;    ///< (B, Hq, Lq, 2)
     tensor4 group_out;  ///< (B, Hq, Lq, 2 * D): group 0's D values, then group 1's
     tensor4 dq, dk, dv;
+    mmca::cuda::backward_kernel kernel = mmca::cuda::backward_kernel::automatic;  ///< the kernels that ran
 };
 
 /// mmca::cuda::attention_forward_with_stats<S> (run.kernel picks the forward kernel) followed by
 /// mmca::cuda::attention_backward<S> with dout; inputs rounded to S. All device outputs start as
-/// NaN. block: attention_backward_config::block (0 automatic); tensor_cores: the backward's
-/// tensor-core kernels (attention_backward_config::kernel = tensor_cores), else the automatic choice.
+/// NaN. block: attention_backward_config::block (0 automatic); kernel: attention_backward_config::kernel
+/// (the FFMA kernels unless asked otherwise, so that each family is tested by name).
 template <class S>
 backward_run run_backward(const tensor4& q, const tensor4& k, const tensor4& v, const tensor4& dout,
                           const mmca::token_layout& tokens, const mmca::attention_options& options,
-                          const run_options& run = {}, int block = 0, bool tensor_cores = false);
+                          const run_options& run = {}, int block = 0,
+                          mmca::cuda::backward_kernel kernel = mmca::cuda::backward_kernel::ffma);
 
 /// The message of the mmca::invalid_argument that mmca::cuda::attention_backward<float> throws when
 /// `broken` names one of its arguments to pass with a wrong shape ("dq", "dk", "dv", "dout",

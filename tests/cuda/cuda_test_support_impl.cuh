@@ -26,6 +26,12 @@ inline mmca::cuda::attention_kernel to_kernel(kernel_choice k) {
     }
 }
 
+inline mmca::cuda::cta_order to_order(const std::string& order) {
+    if (order == "tile_major") return mmca::cuda::cta_order::tile_major;
+    if (order == "head_major") return mmca::cuda::cta_order::head_major;
+    return mmca::cuda::cta_order::automatic;
+}
+
 /// A (B, H, L, D) tensor of S on the device, row-major or stored head-major as (B, L, H, D).
 template <class S>
 struct device_tensor {
@@ -118,12 +124,14 @@ tensor4 run_attention(const tensor4& q, const tensor4& k, const tensor4& v, cons
     mmca::cuda::attention_config config;
     config.kernel = detail::to_kernel(run.kernel);
     config.splits = run.splits;
+    config.order = detail::to_order(run.order);
     op.initialize({dq.cref(), dk.cref(), dv.cref(), tokens, options, dout.ref()}, config, stream.stream);
     op.run(stream.stream);
     stream.synchronize();
     if (report != nullptr) {
         report->kernel = mmca::cuda::to_string(op.kernel());
         report->splits = op.splits();
+        report->order = mmca::cuda::to_string(op.order());
     }
     return dout.download();
 }

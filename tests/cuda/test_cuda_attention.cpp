@@ -14,9 +14,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace mmca_cuda_test {
@@ -180,6 +182,47 @@ TEST(CudaAttentionSplits, SplitCountsAgree) {
             EXPECT_TRUE(all_close(out, ref, 1e-5));
         }
     }
+}
+
+// The tiled kernel's CTA order changes which CTA runs when, never what one computes: head-major and
+// tile-major dispatch give the same bits (and tile-major is held to the CPU reference above).
+template <class S>
+void check_cta_orders() {
+    const gpu_case c{"L700_gqa21", 2, 4, 2, 128, 700, 700, {700, 450}, {},
+                     {pattern_kind::interleaved, pattern_kind::leading_image}, true, 0.0f, 1.0f, 71};
+    const gpu_problem p = make_gpu_problem(c);
+    const auto layout = p.tokens.layout();
+    for (const auto& variant : mmca_test::all_variants()) {
+        SCOPED_TRACE(variant.name());
+        const auto options = variant.options();
+        run_options run;
+        run.kernel = kernel_choice::tiled;
+        run_report automatic, tile, head;
+        const tensor4 a = run_attention<S>(p.q, p.k, p.v, layout, options, run, &automatic);
+        run.order = "tile_major";
+        const tensor4 t = run_attention<S>(p.q, p.k, p.v, layout, options, run, &tile);
+        run.order = "head_major";
+        const tensor4 h = run_attention<S>(p.q, p.k, p.v, layout, options, run, &head);
+        EXPECT_EQ(automatic.order, "tile_major");  // at most 19 tiles x 4 heads: far below 48 CTAs per SM
+        EXPECT_EQ(tile.order, "tile_major");
+        EXPECT_EQ(head.order, "head_major");
+        EXPECT_TRUE(bitwise_equal(a, t));
+        EXPECT_TRUE(bitwise_equal(h, t));
+        const tensor4 q = rounded<S>(p.q), k = rounded<S>(p.k), v = rounded<S>(p.v);
+        const tensor4 ref = mmca::attention(q, k, v, layout, options, mmca::attention_impl::reference);
+        const double bound = std::is_same_v<S, float> ? 1e-5 * std::max(1.0, max_abs(ref)) : 0.1;
+        EXPECT_LE(max_abs_diff(h, ref), bound) << "head-major output far from the reference";
+    }
+}
+
+TEST(CudaAttentionOrder, HeadMajorAndTileMajorAgreeFloat32) {
+    MMCA_REQUIRE_GPU();
+    check_cta_orders<float>();
+}
+
+TEST(CudaAttentionOrder, HeadMajorAndTileMajorAgreeBfloat16) {
+    MMCA_REQUIRE_GPU();
+    check_cta_orders<mmca::bfloat16>();
 }
 
 TEST(CudaAttentionChoice, AutomaticTakesTiledForPrefillAndRowsForDecode) {

@@ -10,7 +10,8 @@
 //                      `plain` is a plain backward at the same precision (P and dS rounded to the
 //                      type before their products, float32 accumulation, outputs rounded)
 // float16/bfloat16 cases that the tensor-core kernels serve (D <= 128, a multiple of 8) run the
-// backward both ways: the automatic choice and attention_backward_config::kernel = tensor_cores.
+// backward with both kernel families, named explicitly (ffma, tensor_cores);
+// CudaBackwardAutomatic checks which family `automatic` takes, bit-for-bit against the named one.
 // All device outputs start as NaN: every element of dq, dk and dv must be written.
 // Without a CUDA device every test is skipped.
 #include "attention_test_util.hpp"
@@ -81,8 +82,11 @@ void check_backward(const variant_spec& variant, const gpu_case& c, dtype_kind d
             const bool tensor_cores = block < 0;
             SCOPED_TRACE(tensor_cores ? std::string("backward on tensor cores")
                                       : "backward block " + std::to_string(block));
+            const auto family =
+                tensor_cores ? mmca::cuda::backward_kernel::tensor_cores : mmca::cuda::backward_kernel::ffma;
             const backward_run r =
-                run_backward<S>(q, k, v, dout, layout, options, run, tensor_cores ? 0 : block, tensor_cores);
+                run_backward<S>(q, k, v, dout, layout, options, run, tensor_cores ? 0 : block, family);
+            EXPECT_EQ(r.kernel, family);
             const tensor4* got[3] = {&r.dq, &r.dk, &r.dv};
             const tensor4* want[3] = {&ref.dq, &ref.dk, &ref.dv};
             const char* names[3] = {"dq", "dk", "dv"};
@@ -160,12 +164,12 @@ void check_backward_views() {
         run_options strided;
         strided.head_major_layout = true;
         strided.own_stream = true;
-        for (bool tensor_cores : {false, true}) {
-            if (tensor_cores && std::is_same_v<S, float>) continue;
-            SCOPED_TRACE(tensor_cores ? "tensor cores" : "automatic");
-            const backward_run a = run_backward<S>(p.q, p.k, p.v, dout, layout, options, {}, 0, tensor_cores);
-            const backward_run b = run_backward<S>(p.q, p.k, p.v, dout, layout, options, strided, 0, tensor_cores);
-            const backward_run again = run_backward<S>(p.q, p.k, p.v, dout, layout, options, {}, 0, tensor_cores);
+        for (const auto family : {mmca::cuda::backward_kernel::ffma, mmca::cuda::backward_kernel::tensor_cores}) {
+            if (family == mmca::cuda::backward_kernel::tensor_cores && std::is_same_v<S, float>) continue;
+            SCOPED_TRACE(mmca::cuda::to_string(family));
+            const backward_run a = run_backward<S>(p.q, p.k, p.v, dout, layout, options, {}, 0, family);
+            const backward_run b = run_backward<S>(p.q, p.k, p.v, dout, layout, options, strided, 0, family);
+            const backward_run again = run_backward<S>(p.q, p.k, p.v, dout, layout, options, {}, 0, family);
             for (const auto& [x, y] : {std::pair<const tensor4&, const tensor4&>{a.dq, b.dq}, {a.dk, b.dk},
                                        {a.dv, b.dv}, {a.dq, again.dq}, {a.dk, again.dk}, {a.dv, again.dv}})
                 EXPECT_TRUE(bitwise_equal(x, y));
@@ -181,6 +185,36 @@ TEST(CudaBackwardViews, HeadMajorStorageOwnStreamDeterministicFloat32) {
 TEST(CudaBackwardViews, HeadMajorStorageOwnStreamDeterministicBfloat16) {
     MMCA_REQUIRE_GPU();
     check_backward_views<mmca::bfloat16>();
+}
+
+// `automatic` (the default) takes the tensor-core kernels wherever they serve and the FFMA kernels
+// elsewhere, and computes exactly what the family it takes computes when named.
+template <class S>
+void check_automatic_choice(std::size_t D, int block, mmca::cuda::backward_kernel expected) {
+    const gpu_case c{"automatic", 1, 2, 1, D, 90, 90, {}, {}, {pattern_kind::interleaved}, true, 0.0f, 1.0f, 61};
+    const gpu_problem p = make_gpu_problem(c);
+    const auto options = mmca_test::all_variants()[1].options(0, c.scale);
+    const tensor4 dout = upstream(c);
+    const auto layout = p.tokens.layout();
+    const backward_run got =
+        run_backward<S>(p.q, p.k, p.v, dout, layout, options, {}, block, mmca::cuda::backward_kernel::automatic);
+    EXPECT_EQ(got.kernel, expected) << mmca::cuda::to_string(got.kernel);
+    const backward_run named = run_backward<S>(p.q, p.k, p.v, dout, layout, options, {}, block, expected);
+    EXPECT_TRUE(bitwise_equal(got.dq, named.dq));
+    EXPECT_TRUE(bitwise_equal(got.dk, named.dk));
+    EXPECT_TRUE(bitwise_equal(got.dv, named.dv));
+}
+
+TEST(CudaBackwardAutomatic, TakesTensorCoresWhereTheyServe) {
+    MMCA_REQUIRE_GPU();
+    using mmca::cuda::backward_kernel;
+    check_automatic_choice<mmca::bfloat16>(128, 0, backward_kernel::tensor_cores);
+    check_automatic_choice<mmca::float16>(64, 0, backward_kernel::tensor_cores);
+    check_automatic_choice<mmca::bfloat16>(80, 64, backward_kernel::tensor_cores);
+    check_automatic_choice<mmca::bfloat16>(128, 32, backward_kernel::ffma);  // a 32-row tile asked for
+    check_automatic_choice<mmca::bfloat16>(256, 0, backward_kernel::ffma);   // head dim above 128
+    check_automatic_choice<mmca::float16>(36, 0, backward_kernel::ffma);     // not a multiple of 8
+    check_automatic_choice<float>(128, 0, backward_kernel::ffma);            // float32 inputs
 }
 
 TEST(CudaBackwardErrors, NamesTheArgument) {

@@ -70,9 +70,14 @@ void expect_matches_cpu(const loaded_model& m, mmca::attention_variant variant, 
     const auto want = run_steps(cpu, steps);
     const auto got = cuda_llama_run<S>(m.config, m.weights, o, steps);
     ASSERT_EQ(got.size(), want.size());
-    for (std::size_t s = 0; s < want.size(); ++s)
-        EXPECT_LE(worst_step_error(steps, got, want, m.config.vocab_size, s), tol)
-            << "call " << s << " (" << steps[s].length << " positions)";
+    double worst = 0.0;
+    for (std::size_t s = 0; s < want.size(); ++s) {
+        const double error = worst_step_error(steps, got, want, m.config.vocab_size, s);
+        worst = std::max(worst, error);
+        EXPECT_LE(error, tol) << "call " << s << " (" << steps[s].length << " positions)";
+    }
+    // The measured error, for the record (--gtest_output=xml): the bound's margin on this device.
+    ::testing::Test::RecordProperty("worst_relative_error", std::to_string(worst));
 }
 
 class CudaLlamaModel : public ::testing::TestWithParam<mmca::attention_variant> {};

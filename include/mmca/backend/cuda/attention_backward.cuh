@@ -34,7 +34,9 @@
 namespace mmca {
 namespace cuda {
 
-/// Launch choices of the backward (the default picks by head dim and shared memory).
+/// Launch choices of the backward. The default takes the tensor-core kernels wherever they serve
+/// (float16 / bfloat16, head dim <= 128 and a multiple of 8, 16-byte aligned rows, sm_80+, block 0
+/// or 64) and the FFMA kernels otherwise, with the tile size picked by head dim and shared memory.
 struct attention_backward_config {
     int block = 0;  ///< rows and keys per tile: 0 = automatic, 32 or 64 (64 needs D <= 128); 64 for tensor_cores
     backward_kernel kernel = backward_kernel::automatic;
@@ -169,12 +171,16 @@ public:
         detail::check_device_pointer(a.dv.data, where, "dv");
 
         const std::string unsupported =
-            config.kernel == backward_kernel::tensor_cores ? tensor_core_obstacle(a, problem) : std::string();
+            config.kernel != backward_kernel::ffma ? tensor_core_obstacle(a, problem) : std::string();
         MMCA_CHECK_ARG(config.kernel != backward_kernel::tensor_cores || unsupported.empty(), where, "config.kernel",
                        "'tensor_cores' (" + unsupported + ")", "'ffma' or 'automatic' for this call");
         MMCA_CHECK_ARG(config.kernel != backward_kernel::tensor_cores || config.block == 0 || config.block == 64, where,
                        "config.block", mmca::detail::to_text(config.block), "0 or 64 with the tensor-core kernels");
-        const bool tensor_cores = config.kernel == backward_kernel::tensor_cores;
+        // automatic: the tensor-core kernels wherever they serve (5-7x the FFMA kernels' speed on an
+        // H200, docs/cuda.md), the FFMA kernels for float32, D > 128 and the rest.
+        const bool tensor_cores = config.kernel == backward_kernel::tensor_cores ||
+                                  (config.kernel == backward_kernel::automatic && unsupported.empty() &&
+                                   (config.block == 0 || config.block == 64));
         kernel_ = tensor_cores ? backward_kernel::tensor_cores : backward_kernel::ffma;
         mma_dim_ = kernel_ == backward_kernel::tensor_cores ? detail::tiled_head_dim(problem.head_dim) : 0;
 

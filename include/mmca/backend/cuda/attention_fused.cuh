@@ -51,10 +51,32 @@ inline const char* to_string(attention_kernel k) {
     return "unknown";
 }
 
+/// The order in which the tiled kernel's CTAs (one per tile and query head) are dispatched.
+/// tile_major: the heaviest tiles of every head first (longest-first scheduling: nothing long
+/// starts last). head_major: every tile of head 0 (heaviest first), then head 1, ...: the CTAs
+/// resident at one time read the K/V of a few heads, which then stay in L2. automatic: head_major
+/// from head_major_ctas_per_sm CTAs per multiprocessor on (large batches of long sequences, where
+/// L2 reuse pays and the tail is short against the whole), tile_major below (docs/cuda.md).
+enum class cta_order : std::uint8_t { automatic, tile_major, head_major };
+
+inline const char* to_string(cta_order o) {
+    switch (o) {
+        case cta_order::automatic: return "automatic";
+        case cta_order::tile_major: return "tile_major";
+        case cta_order::head_major: return "head_major";
+    }
+    return "unknown";
+}
+
+/// cta_order::automatic takes head_major from this many CTAs per multiprocessor on (measured on an
+/// H200 with D = 128: neutral or better from 48 on, up to 13% slower below about 32).
+constexpr std::int64_t head_major_ctas_per_sm = 48;
+
 /// Launch choices (the defaults are right for ordinary use; tests force each kernel).
 struct attention_config {
     attention_kernel kernel = attention_kernel::automatic;
     int splits = 0;  ///< rows kernel: key splits per row; 0 = enough CTAs to fill the device
+    cta_order order = cta_order::automatic;  ///< tiled kernel: dispatch order of its CTAs
 };
 
 /// Why an operator cannot take a call (a status, not an exception: see can_implement).
@@ -230,11 +252,18 @@ public:
         }
 
         params_.splits = 1;
+        order_ = cta_order::tile_major;
         if (kernel_ == attention_kernel::tiled) {
             const detail::tiled_launch_memory memory = detail::tiled_memory<device_type>(plan_, tiled_dim_);
             params_.bound_entries = memory.bound_entries;
             tiled_smem_ = memory.smem;
             tiled_smem_limit_ = memory.smem_limit;
+            const std::int64_t ctas = static_cast<std::int64_t>(plan_.tiles.size()) * problem.q_heads;
+            order_ = config.order;
+            if (order_ == cta_order::automatic)
+                order_ =
+                    ctas >= head_major_ctas_per_sm * multiprocessors_ ? cta_order::head_major : cta_order::tile_major;
+            params_.head_major = order_ == cta_order::head_major ? 1 : 0;
         }
         if (kernel_ == attention_kernel::rows && !plan_.rows.empty()) {
             int splits = config.splits;
@@ -309,6 +338,8 @@ public:
     attention_kernel kernel() const { return kernel_; }
     /// Key splits of the rows kernel (1 for the tiled kernel).
     int splits() const { return params_.splits; }
+    /// The tiled kernel's CTA order of the initialized call (tile_major for the rows kernel).
+    cta_order order() const { return order_; }
     /// The host plan of the initialized call.
     const attention_plan& plan() const { return plan_; }
 
@@ -376,6 +407,7 @@ private:
 
     attention_plan plan_;
     detail::attention_params<device_type> params_{};
+    cta_order order_ = cta_order::tile_major;
     attention_kernel kernel_ = attention_kernel::automatic;
     int tiled_dim_ = 0;
     bool initialized_ = false;

@@ -11,7 +11,7 @@ namespace cuda {
 
 /// Which kernels compute the block products of the attention backward.
 enum class backward_kernel : std::uint8_t {
-    automatic,     ///< ffma (the tensor-core kernels are chosen explicitly; docs/cuda.md)
+    automatic,     ///< tensor_cores where they serve, else ffma
     tensor_cores,  ///< mma.sync on float16 / bfloat16: head dim <= 128 and a multiple of 8, rows of q, k, v
                    ///< and dout 16-byte aligned, sm_80 or newer
     ffma,          ///< float32 FFMA on copies in shared memory: every element type, head dims up to 256

@@ -36,6 +36,7 @@ struct attention_params {
     const std::int32_t* seq_kv_len = nullptr;   // (B)
     std::int32_t bound_entries = 0;  // tiled kernel: prefix counts cached per block boundary in shared
                                      // memory (entries per type; 0: read them from type_prefix)
+    std::int32_t head_major = 0;     // tiled kernel: CTA b is (head b / T, tile b % T), else (tile b / Hq, head b % Hq)
 
     float* partial = nullptr;  // (R, Hq, splits, 2, D + 2) rows kernel with splits > 1: per group m, l, acc[D]
     std::int32_t splits = 1;

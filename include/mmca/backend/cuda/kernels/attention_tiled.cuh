@@ -130,8 +130,16 @@ __global__ void __launch_bounds__(128) attention_tiled_kernel(const attention_pa
     std::int32_t* s_bound = reinterpret_cast<std::int32_t*>(s_cover + 6 * BM);             // (2, bound_entries)
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int tile_index = blockIdx.x / p.q_heads;
-    const int h = blockIdx.x - tile_index * p.q_heads;
+    // CTA order (attention_config::order): tile-major starts the heaviest tiles of every head
+    // first; head-major runs a few heads' tiles at a time, which then share their K/V in L2.
+    int tile_index, h;
+    if (p.head_major) {
+        h = blockIdx.x / p.num_tiles;
+        tile_index = blockIdx.x - h * p.num_tiles;
+    } else {
+        tile_index = blockIdx.x / p.q_heads;
+        h = blockIdx.x - tile_index * p.q_heads;
+    }
     const device_tile tile = p.tiles[tile_index];
     const int b = tile.batch, hk = h / p.group;
     const int seq_len = p.seq_kv_len[b];
