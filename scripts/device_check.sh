@@ -11,7 +11,9 @@
 # takes the CUDA test executable and both CUDA libraries from an archive that
 # scripts/device_prebuild.sh made on another machine with the same nvcc, instead of building them
 # (the CUDA test sources take about 25 CPU-minutes to compile); mmca._cuda is then compiled on the
-# spot from python/src/bind_cuda.cpp against that libmmca_cuda.so (one C++ file, no nvcc).
+# spot from python/src/bind_cuda.cpp against that libmmca_cuda.so (one C++ file, no nvcc). When
+# the archive also holds the CPU module mmca._core (device_prebuild.sh's PYTHON_CORE), the Python
+# tests run on the whole package, including those that compare mmca.cuda with the CPU module.
 # Steps, each with its own time limit, each logging to $OUT/<step>.log:
 #   1. device facts (nvidia-smi, nvcc, torch)                     -> device.txt
 #   2. configure (Ninja, Release, CUDA on, sm_${CUDA_ARCH:-90}, no CPU benchmarks / examples; of
@@ -173,10 +175,16 @@ TEST_RC=$?
 if ls "${BUILD}"/python/mmca/_cuda*.so > /dev/null 2>&1; then
   SHIM="${BUILD}/pyshim"
   rm -rf "${SHIM}" && mkdir -p "${SHIM}/mmca" "${SHIM}/tests"
-  : > "${SHIM}/mmca/__init__.py"
+  if ls "${BUILD}"/prebuilt/python/_core*.so > /dev/null 2>&1; then
+    cp "${ROOT}"/python/mmca/*.py "${BUILD}"/prebuilt/python/_core*.so "${SHIM}/mmca/"
+    cp "${ROOT}"/python/tests/*.py "${SHIM}/tests/"  # the helpers test_cuda.py imports
+    export LD_LIBRARY_PATH="${BUILD}/prebuilt/python${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}"
+  else
+    : > "${SHIM}/mmca/__init__.py"
+  fi
   cp "${BUILD}"/python/mmca/_cuda*.so "${ROOT}/python/mmca/cuda.py" "${SHIM}/mmca/"
   cp "${ROOT}/python/tests/test_cuda.py" "${SHIM}/tests/"
-  if ! step pytest 120 env PYTHONPATH="${SHIM}" python3 -X faulthandler -m pytest -q -p no:cacheprovider \
+  if ! step pytest 120 env PYTHONPATH="${SHIM}" python3 -X faulthandler -m pytest -q -rs -p no:cacheprovider \
        "${SHIM}/tests/test_cuda.py" && command -v cuda-gdb > /dev/null; then
     # A crash in native code: its backtrace.
     PYTHONPATH="${SHIM}" timeout 120 cuda-gdb -batch -ex run -ex bt --args python3 -m pytest -q -x \

@@ -13,6 +13,11 @@
 # nlohmann-json), which the GPU machines lack. The nvcc here must be the one on the GPU machine (or
 # older than its driver), and the host code must not use instructions its processor lacks: a build
 # with -march=native on one processor may not run on another.
+#
+# PYTHON_CORE=path/to/_core.cpython-3XY-....so adds the CPU module mmca._core, built here for the
+# GPU machine's Python (e.g. a build with -DPython_EXECUTABLE=python3.12 and pip's pybind11), and
+# the SentencePiece library it links, so that the tests comparing mmca.cuda with the CPU module
+# run there too (the GPU machines have no SentencePiece to build it).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,6 +39,12 @@ if [[ ! -f "${SHIM}" || -n "$(find "${ROOT}/include" "${ROOT}/benchmarks/cuda" -
        -isystem /usr/include/eigen3 "${ROOT}/benchmarks/cuda/mmca_cuda_capi.cu" -o "${SHIM}"
 fi
 cp "${BUILD}/tests/cuda/mmca_cuda_tests" "${BUILD}/libmmca_cuda.so" "${SHIM}" "${STAGE}/"
+if [[ -n "${PYTHON_CORE:-}" ]]; then
+  mkdir -p "${STAGE}/python"
+  cp "${PYTHON_CORE}" "${STAGE}/python/"
+  # The SentencePiece library mmca._core links (the only non-system one).
+  ldd "${PYTHON_CORE}" | awk '/libsentencepiece/ {print $3}' | xargs -r -I{} cp -L {} "${STAGE}/python/"
+fi
 mkdir -p "${STAGE}/include"
 cp -r /usr/include/eigen3 /usr/include/nlohmann /usr/include/xtensor /usr/include/xtl "${STAGE}/include/"
 mkdir -p "$(dirname "${ARCHIVE}")"
