@@ -176,7 +176,7 @@ public:
                        "'tensor_cores' (" + unsupported + ")", "'ffma' or 'automatic' for this call");
         MMCA_CHECK_ARG(config.kernel != backward_kernel::tensor_cores || config.block == 0 || config.block == 64, where,
                        "config.block", mmca::detail::to_text(config.block), "0 or 64 with the tensor-core kernels");
-        // automatic: the tensor-core kernels wherever they serve (5-7x the FFMA kernels' speed on an
+        // automatic: the tensor-core kernels wherever they serve (4.8-7.9x the FFMA kernels' speed on an
         // H200, docs/cuda.md), the FFMA kernels for float32, D > 128 and the rest.
         const bool tensor_cores = config.kernel == backward_kernel::tensor_cores ||
                                   (config.kernel == backward_kernel::automatic && unsupported.empty() &&

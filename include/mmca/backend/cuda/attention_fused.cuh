@@ -69,7 +69,7 @@ inline const char* to_string(cta_order o) {
 }
 
 /// cta_order::automatic takes head_major from this many CTAs per multiprocessor on (measured on an
-/// H200 with D = 128: neutral or better from 48 on, up to 13% slower below about 32).
+/// H200 with D = 128: neutral or better from 48 on, up to 30% slower below about 32).
 constexpr std::int64_t head_major_ctas_per_sm = 48;
 
 /// Launch choices (the defaults are right for ordinary use; tests force each kernel).
